@@ -1,0 +1,164 @@
+"""The ``gossipflow`` command line (click).
+
+``start`` runs a daemon in the foreground; every other command asks one
+daemon (``--node``, or env GOSSIPFLOW_NODE, default 127.0.0.1:7400) and prints
+its answer, as a table or with ``--json``. An unreachable daemon or a refused
+request prints one line on stderr and exits with code 2.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+
+from . import client
+from .config import PRESETS, Config
+from .errors import ClientError, ConfigError, GossipflowError
+
+DEFAULT_NODE = "127.0.0.1:7400"
+EXIT_ERROR = 2
+
+
+def load_secret(path: str | None) -> bytes | None:
+    """The cluster key derived from a secret file (any length; surrounding whitespace ignored)."""
+    if path is None:
+        return None
+    try:
+        text = Path(path).read_bytes().strip()
+    except OSError as err:
+        raise ConfigError(f"cannot read --secret-file {path}: {err.strerror}") from err
+    if not text:
+        raise ConfigError(f"--secret-file {path} is empty")
+    return hashlib.blake2b(text, digest_size=32, person=b"gossipflow").digest()
+
+
+def _fail(message: str) -> None:
+    click.echo(f"gossipflow: {message}", err=True)
+    sys.exit(EXIT_ERROR)
+
+
+@click.group()
+@click.version_option(package_name="gossipflow")
+def main() -> None:
+    """gossipflow: a peer-to-peer dataflow daemon. No coordinator: every daemon is the same."""
+
+
+@main.command()
+@click.option("--name", required=True, help="This member's unique name.")
+@click.option("--bind", default=DEFAULT_NODE, show_default=True,
+              help="HOST:PORT for gossip (UDP) and requests (TCP).")
+@click.option("--join", "joins", multiple=True, metavar="HOST:PORT[,HOST:PORT...]",
+              help="Seed members to join through (repeatable or comma-separated).")
+@click.option("--data-dir", required=True, type=click.Path(file_okay=False),
+              help="Where this member keeps its state.")
+@click.option("--preset", type=click.Choice(sorted(PRESETS)), default="lan", show_default=True,
+              help="Timer preset: lan (hosts on a network), local (one machine), test.")
+@click.option("--secret-file", type=click.Path(dir_okay=False), envvar="GOSSIPFLOW_SECRET_FILE",
+              help="Cluster secret: every packet is tagged with it (env GOSSIPFLOW_SECRET_FILE).")
+@click.option("--partitions", type=int, default=256, show_default=True,
+              help="Partition count P (power of two; must match the cluster).")
+@click.option("--replicas", type=int, default=2, show_default=True,
+              help="Replica set size R (must match the cluster).")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
+              default="info", show_default=True)
+def start(name: str, bind: str, joins: tuple[str, ...], data_dir: str, preset: str,
+          secret_file: str | None, partitions: int, replicas: int, log_level: str) -> None:
+    """Run a daemon in the foreground (SIGTERM or Ctrl-C leaves the cluster gracefully)."""
+    from .node import Node
+
+    logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s level=%(levelname)s %(message)s")
+    seeds = [s.strip() for item in joins for s in item.split(",") if s.strip()]
+    try:
+        config = Config.preset(preset, partitions=partitions, replicas=replicas)
+        node = Node(name, bind, data_dir, config, seeds=seeds, secret=load_secret(secret_file))
+    except GossipflowError as err:
+        _fail(str(err))
+    sys.exit(node.run())
+
+
+def client_command(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Add --node, --json, --secret-file and --timeout, and turn errors into one line + exit 2."""
+    @click.option("--node", envvar="GOSSIPFLOW_NODE", default=DEFAULT_NODE, show_default=True,
+                  help="Any daemon of the cluster, HOST:PORT (env GOSSIPFLOW_NODE).")
+    @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+    @click.option("--secret-file", type=click.Path(dir_okay=False),
+                  envvar="GOSSIPFLOW_SECRET_FILE", help="The cluster secret, if it has one.")
+    @click.option("--timeout", type=float, default=3.0, show_default=True,
+                  help="Seconds to wait for the daemon.")
+    @functools.wraps(fn)
+    def wrapper(node: str, as_json: bool, secret_file: str | None, timeout: float,
+                **kwargs: Any) -> None:
+        def ask(op: str, args: dict[str, Any] | None = None) -> Any:
+            return client.request(node, op, args, timeout=timeout, secret=load_secret(secret_file))
+        try:
+            fn(ask=ask, as_json=as_json, **kwargs)
+        except (ClientError, ConfigError) as err:
+            _fail(str(err))
+    return wrapper
+
+
+def _print_json(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2, sort_keys=True))
+
+
+def _print_table(rows: list[list[Any]], header: list[str]) -> None:
+    cells = [header] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    for row in cells:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+
+
+@main.command()
+@client_command
+def members(ask: Callable[..., Any], as_json: bool) -> None:
+    """Every member the daemon knows, with status and incarnation."""
+    result = ask("members")
+    if as_json:
+        _print_json(result)
+    else:
+        _print_table([[m["name"], m["address"], m["status"], m["incarnation"]] for m in result],
+                     ["NAME", "ADDRESS", "STATUS", "INCARNATION"])
+
+
+@main.command()
+@client_command
+def ring(ask: Callable[..., Any], as_json: bool) -> None:
+    """Partition placement: each partition's replica set, primary first."""
+    result = ask("ring")
+    if as_json:
+        _print_json(result)
+        return
+    click.echo(f"{result['partitions']} partitions, {result['replicas']} replicas, "
+               f"{len(result['members'])} live members")
+    load: dict[str, list[int]] = {name: [0, 0] for name in result["members"]}
+    for replicas in result["placement"]:
+        for rank, name in enumerate(replicas):
+            load[name][0 if rank == 0 else 1] += 1
+    _print_table([[name, p, r] for name, (p, r) in sorted(load.items())],
+                 ["MEMBER", "PRIMARY", "REPLICA"])
+
+
+@main.command()
+@client_command
+def status(ask: Callable[..., Any], as_json: bool) -> None:
+    """The daemon itself: name, incarnation, health and protocol counters."""
+    result = ask("status")
+    if as_json:
+        _print_json(result)
+        return
+    for key in ("name", "address", "incarnation", "awareness", "joined", "uptime"):
+        click.echo(f"{key}: {result[key]}")
+    for key, value in sorted(result["stats"].items()):
+        click.echo(f"  {key}: {value}")
+
+
+if __name__ == "__main__":
+    main()

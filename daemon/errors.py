@@ -1,0 +1,61 @@
+"""The exception tree of gossipflow.
+
+    GossipflowError                 base of everything we raise on purpose
+    ├── ConfigError                 a tunable or flag out of its allowed range
+    ├── WireError                   bytes that are not a valid message
+    │   ├── AuthError               missing, unexpected or wrong BLAKE2b tag
+    │   └── DecodeError             not msgpack, unknown type, wrong fields
+    ├── ProtocolError               a peer speaks another protocol version
+    ├── ClusterMismatchError        a peer has another partition count (refused on both sides)
+    ├── TransportError              a socket could not be bound or used
+    └── ClientError                 a client request that failed
+        ├── NodeUnreachableError    no answer from the daemon in time
+        └── RequestRefusedError     the daemon answered with an error
+
+Errors from pyzmq and msgpack are translated into these at the boundary
+(``raise ... from err``), so callers catch ours only.
+"""
+
+
+class GossipflowError(Exception):
+    """Base of every error gossipflow raises on purpose."""
+
+
+class ConfigError(GossipflowError, ValueError):
+    """A tunable or command-line flag is out of its allowed range."""
+
+
+class WireError(GossipflowError):
+    """Bytes from the network that are not a valid message."""
+
+
+class AuthError(WireError):
+    """A packet's BLAKE2b tag is missing, unexpected or wrong."""
+
+
+class DecodeError(WireError):
+    """A packet that does not decode: not msgpack, unknown type, wrong fields."""
+
+
+class ProtocolError(GossipflowError):
+    """A peer speaks a protocol version we do not."""
+
+
+class ClusterMismatchError(GossipflowError):
+    """A peer belongs to a cluster with another partition count."""
+
+
+class TransportError(GossipflowError):
+    """A socket could not be bound or used."""
+
+
+class ClientError(GossipflowError):
+    """A client request failed."""
+
+
+class NodeUnreachableError(ClientError):
+    """The daemon did not answer in time."""
+
+
+class RequestRefusedError(ClientError):
+    """The daemon answered with an error."""

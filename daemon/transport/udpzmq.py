@@ -1,0 +1,161 @@
+"""The real transport: UDP datagrams for gossip, ZeroMQ over TCP for requests.
+
+Both use the same port number: UDP host:port for packets, a ROUTER socket
+bound to tcp://host:port for requests. Outgoing requests go through one
+DEALER per peer; frames are [request id, payload]. Everything runs on the
+daemon's :class:`~daemon.loop.EventLoop` thread.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import socket
+from typing import Any
+
+import zmq
+
+from ..errors import TransportError
+from ..loop import EventLoop
+from .base import PacketHandler, ReplyHandler, RequestHandler, parse_address
+
+log = logging.getLogger("gossipflow.transport")
+
+MAX_DATAGRAM = 65507
+_DRAIN = 256  # messages read per wake-up before giving timers a turn
+
+
+class UdpZmqTransport:
+    """UDP + ZeroMQ transport bound to ``address`` ("host:port")."""
+
+    def __init__(self, loop: EventLoop, address: str, context: zmq.Context | None = None):
+        self.loop = loop
+        self.address = address
+        host, port = parse_address(address)
+        self._context = context or zmq.Context.instance()
+        self._udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            self._udp.bind((host, port))
+        except OSError as err:
+            self._udp.close()
+            raise TransportError(f"cannot bind UDP {address}: {err.strerror}") from err
+        self._udp.setblocking(False)
+        self._router = self._context.socket(zmq.ROUTER)
+        self._router.setsockopt(zmq.LINGER, 0)
+        self._router.setsockopt(zmq.ROUTER_MANDATORY, 0)
+        try:
+            self._router.bind(f"tcp://{host}:{port}")
+        except zmq.ZMQError as err:
+            self._udp.close()
+            self._router.close()
+            raise TransportError(f"cannot bind TCP {address}: {err}") from err
+        self._dealers: dict[str, zmq.Socket] = {}
+        self._pending: dict[bytes, tuple[ReplyHandler, Any, str]] = {}
+        self._ids = itertools.count(1)
+        self._on_packet: PacketHandler | None = None
+        self._on_request: RequestHandler | None = None
+        self.closed = False
+
+    def start(self, on_packet: PacketHandler, on_request: RequestHandler) -> None:
+        self._on_packet, self._on_request = on_packet, on_request
+        self.loop.add_reader(self._udp, self._read_udp)
+        self.loop.add_reader(self._router, self._read_router)
+
+    def send_packet(self, to: str, data: bytes) -> None:
+        if self.closed:
+            return
+        try:
+            self._udp.sendto(data, parse_address(to))
+        except OSError as err:  # full buffer, unreachable: a datagram may be lost
+            log.debug("event=udp_send_failed to=%s error=%s", to, err)
+
+    def request(self, to: str, data: bytes, timeout: float, on_reply: ReplyHandler) -> None:
+        if self.closed:
+            self.loop.clock.call_later(0, on_reply, None)
+            return
+        dealer = self._dealers.get(to) or self._connect(to)
+        request_id = next(self._ids).to_bytes(8, "big")
+        try:
+            dealer.send_multipart([request_id, data], flags=zmq.NOBLOCK)
+        except zmq.ZMQError:  # queue full: the peer is not taking requests
+            self.loop.clock.call_later(0, on_reply, None)
+            return
+        timer = self.loop.clock.call_later(timeout, self._expire, request_id)
+        self._pending[request_id] = (on_reply, timer, to)
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        for sock in [self._udp, self._router, *self._dealers.values()]:
+            self.loop.remove_reader(sock)
+            sock.close()
+        self._dealers.clear()
+
+    def _connect(self, to: str) -> zmq.Socket:
+        host, port = parse_address(to)
+        dealer = self._context.socket(zmq.DEALER)
+        dealer.setsockopt(zmq.LINGER, 0)
+        dealer.setsockopt(zmq.SNDHWM, 64)
+        dealer.connect(f"tcp://{host}:{port}")
+        self._dealers[to] = dealer
+        self.loop.add_reader(dealer, lambda: self._read_dealer(dealer))
+        return dealer
+
+    def _expire(self, request_id: bytes) -> None:
+        entry = self._pending.pop(request_id, None)
+        if entry is None:
+            return
+        on_reply, _, to = entry
+        # Drop the connection: requests queued for a dead peer must not reach it later.
+        dealer = self._dealers.pop(to, None)
+        if dealer is not None:
+            self.loop.remove_reader(dealer)
+            dealer.close()
+        on_reply(None)
+
+    def _read_udp(self) -> None:
+        for _ in range(_DRAIN):
+            try:
+                data, (host, port) = self._udp.recvfrom(MAX_DATAGRAM)[:2]
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as err:  # e.g. ICMP port unreachable from an earlier send
+                log.debug("event=udp_recv_failed error=%s", err)
+                continue
+            self._on_packet(f"{host}:{port}", data)
+
+    def _read_router(self) -> None:
+        for _ in range(_DRAIN):
+            try:
+                frames = self._router.recv_multipart(flags=zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if len(frames) != 3:
+                log.debug("event=bad_request frames=%d", len(frames))
+                continue
+            identity, request_id, data = frames
+            self._on_request(data, self._replier(identity, request_id))
+
+    def _replier(self, identity: bytes, request_id: bytes):
+        def reply(answer: bytes) -> None:
+            if not self.closed:
+                try:
+                    self._router.send_multipart([identity, request_id, answer], flags=zmq.NOBLOCK)
+                except zmq.ZMQError as err:
+                    log.debug("event=reply_failed error=%s", err)
+        return reply
+
+    def _read_dealer(self, dealer: zmq.Socket) -> None:
+        for _ in range(_DRAIN):
+            try:
+                frames = dealer.recv_multipart(flags=zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if len(frames) != 2:
+                continue
+            entry = self._pending.pop(frames[0], None)
+            if entry is not None:
+                on_reply, timer, _ = entry
+                timer.cancel()
+                on_reply(frames[1])

@@ -1,0 +1,156 @@
+"""Messages on the wire: types, the msgpack codec and the BLAKE2b auth tag.
+
+A packet (UDP datagram or ZeroMQ frame) is::
+
+    flag (1 byte) | tag (16 bytes, only if flag == 1) | msgpack [type, body]
+
+``flag`` 0 = untagged (cluster without a secret), 1 = tagged with
+BLAKE2b-128 keyed by the cluster secret over the msgpack bytes. A daemon with
+a secret drops untagged or wrongly tagged packets; one without drops tagged
+packets (it cannot check them). ``body`` is a map whose fields are checked
+against :data:`SCHEMAS` before protocol code sees it, so protocol code never
+meets a wrong type from the network.
+
+:class:`MessageType` is part of the wire protocol: append only, never reuse
+or renumber a value; bump ``config.PROTOCOL_VERSION`` on incompatible change.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from enum import IntEnum
+from typing import Any
+
+import msgpack
+
+from .errors import AuthError, DecodeError
+
+TAG_SIZE = 16
+_UNTAGGED, _TAGGED = 0, 1
+
+
+class MessageType(IntEnum):
+    """Wire message types. Append only."""
+
+    PING = 1             # direct probe, carries updates
+    PING_REQ = 2         # ask a member to probe another for us
+    ACK = 3              # answer to PING (also relayed for PING_REQ)
+    NACK = 4             # relay could not reach the target in time (Lifeguard)
+    GOSSIP = 5           # updates alone
+    PUSH_PULL = 6        # request: full member state (also a join)
+    PUSH_PULL_REPLY = 7  # response: full member state
+    API_REQUEST = 8      # client request: {"op": ..., "args": {...}}
+    API_REPLY = 9        # response: {"result": ...}
+    ERROR = 10           # response: {"error": "..."}: the request was refused
+
+
+class Status(IntEnum):
+    """A member's state; also the kind of a membership update. Wire values."""
+
+    ALIVE = 0
+    SUSPECT = 1
+    DEAD = 2
+    LEFT = 3
+
+
+# Field name -> allowed types; a name ending in "?" is optional.
+_UPDATE = {"k": int, "n": str, "i": int, "a?": str, "m?": dict, "f?": str}
+_STATE = {"n": str, "a": str, "i": int, "s": int, "m": dict}
+SCHEMAS: dict[MessageType, dict[str, Any]] = {
+    MessageType.PING: {"s": int, "t": str, "f": str, "a": str, "u?": list},
+    MessageType.PING_REQ: {"s": int, "t": str, "ta": str, "f": str, "a": str, "u?": list},
+    MessageType.ACK: {"s": int, "f": str, "u?": list},
+    MessageType.NACK: {"s": int, "f": str},
+    MessageType.GOSSIP: {"f": str, "u": list},
+    MessageType.PUSH_PULL: {"f": str, "j": bool, "st": list, "m": dict},
+    MessageType.PUSH_PULL_REPLY: {"f": str, "st": list},
+    MessageType.API_REQUEST: {"op": str, "args": dict},
+    MessageType.API_REPLY: {"result?": object},
+    MessageType.ERROR: {"error": str},
+}
+_LISTS = {"u": _UPDATE, "st": _STATE}
+
+
+class Codec:
+    """Encodes and decodes packets, tagging them when a secret is set.
+
+    Example:
+        >>> codec = Codec(b"s3cret")
+        >>> codec.decode(codec.encode(MessageType.NACK, {"s": 1, "f": "n1"}))
+        (<MessageType.NACK: 4>, {'s': 1, 'f': 'n1'})
+    """
+
+    def __init__(self, secret: bytes | None = None) -> None:
+        if secret is not None and not 1 <= len(secret) <= 64:
+            raise ValueError("the cluster secret must be 1..64 bytes")
+        self._secret = secret
+
+    @property
+    def secured(self) -> bool:
+        return self._secret is not None
+
+    def _tag(self, payload: bytes) -> bytes:
+        return hashlib.blake2b(payload, key=self._secret, digest_size=TAG_SIZE).digest()
+
+    def encode(self, kind: MessageType, body: dict[str, Any]) -> bytes:
+        payload = msgpack.packb([int(kind), body], use_bin_type=True)
+        if self._secret is None:
+            return bytes([_UNTAGGED]) + payload
+        return bytes([_TAGGED]) + self._tag(payload) + payload
+
+    def decode(self, data: bytes) -> tuple[MessageType, dict[str, Any]]:
+        """Check the tag, unpack and validate.
+
+        Raises:
+            AuthError: tag missing, unexpected or wrong.
+            DecodeError: anything else wrong with the bytes.
+        """
+        if not data:
+            raise DecodeError("empty packet")
+        flag = data[0]
+        if flag == _TAGGED:
+            if self._secret is None:
+                raise AuthError("tagged packet, but this daemon has no cluster secret")
+            tag, payload = data[1:1 + TAG_SIZE], data[1 + TAG_SIZE:]
+            if not hmac.compare_digest(tag, self._tag(payload)):
+                raise AuthError("wrong tag: the sender uses another cluster secret")
+        elif flag == _UNTAGGED:
+            if self._secret is not None:
+                raise AuthError("untagged packet, but this cluster requires a secret")
+            payload = data[1:]
+        else:
+            raise DecodeError(f"unknown packet flag {flag}")
+        try:
+            message = msgpack.unpackb(payload, raw=False, strict_map_key=True)
+        except Exception as err:  # msgpack raises several unrelated types
+            raise DecodeError(f"not msgpack: {err}") from err
+        if not (isinstance(message, list) and len(message) == 2 and isinstance(message[0], int)
+                and isinstance(message[1], dict)):
+            raise DecodeError("packet is not [type, body]")
+        try:
+            kind = MessageType(message[0])
+        except ValueError:
+            raise DecodeError(f"unknown message type {message[0]}") from None
+        body = message[1]
+        _check(body, SCHEMAS[kind], kind.name)
+        for field, schema in _LISTS.items():
+            for item in body.get(field, ()):
+                if not isinstance(item, dict):
+                    raise DecodeError(f"{kind.name}.{field} holds a {type(item).__name__}")
+                _check(item, schema, f"{kind.name}.{field}")
+        return kind, body
+
+
+def _check(body: dict[str, Any], schema: dict[str, Any], where: str) -> None:
+    for spec, kind in schema.items():
+        name = spec.rstrip("?")
+        if name not in body:
+            if spec.endswith("?"):
+                continue
+            raise DecodeError(f"{where}: missing field {name!r}")
+        value = body[name]
+        if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
+            raise DecodeError(f"{where}: field {name!r} is not an integer")
+        if not isinstance(value, kind):
+            raise DecodeError(f"{where}: field {name!r} is not {kind.__name__}")
