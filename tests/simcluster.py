@@ -6,7 +6,7 @@ import random
 
 from daemon.clock import FakeClock
 from daemon.config import Config
-from daemon.membership import Membership
+from daemon.membership import Member, Membership
 from daemon.transport.memory import MemoryNetwork
 from daemon.errors import WireError
 from daemon.wire import Codec, MessageType, Status
@@ -68,6 +68,17 @@ class SimCluster:
         for name, member in self.members.items():
             seeds = [] if name == "m0" else [address(0)]
             self.clock.call_later(self.rng.random() * spread, member.start, seeds)
+
+    def prefill(self) -> None:
+        """Start every member already knowing all others alive (skips the join phase)."""
+        for member in self.members.values():
+            for other in self.members.values():
+                if other is not member:
+                    member.members[other.name] = Member(
+                        other.name, other.transport.address, other.me.incarnation, Status.ALIVE,
+                        other.meta, self.clock.now())
+            member._live = None
+            member.start([])
 
     def run(self, seconds: float) -> None:
         self.clock.advance(seconds)
