@@ -35,7 +35,8 @@ def status(node: "Node", args: dict[str, Any]) -> dict[str, Any]:
     m = node.membership
     return {"name": node.name, "address": node.transport.address,
             "incarnation": m.me.incarnation, "awareness": m.awareness, "joined": m.joined,
-            "uptime": round(time.time() - node.started_at, 3), "stats": dict(m.stats)}
+            "uptime": round(time.time() - node.started_at, 3),
+            "stats": dict(m.stats + node.transport.stats)}
 
 
 OPS: dict[str, Callable[["Node", dict[str, Any]], Any]] = {

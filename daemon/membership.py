@@ -40,7 +40,7 @@ from .config import PROTOCOL_VERSION, Config
 from .errors import WireError
 from .suspicion import Suspicion
 from .transport.base import Transport
-from .wire import Codec, MessageType, Status
+from .wire import MAX_INCARNATION, Codec, MessageType, Status
 
 log = logging.getLogger("gossipflow.membership")
 
@@ -200,9 +200,11 @@ class Membership:
         def run() -> None:
             if not self.running:
                 return
-            tick()
-            delay = interval * (self.awareness + 1) if scaled else interval
-            self.clock.call_later(delay, run)
+            try:
+                tick()
+            finally:  # a failing tick is logged by the loop; the protocol must keep ticking
+                delay = interval * (self.awareness + 1) if scaled else interval
+                self.clock.call_later(delay, run)
         self.clock.call_later(interval * self.rng.random(), run)
 
     def _awareness(self, delta: int) -> None:
@@ -584,6 +586,10 @@ class Membership:
 
     def _refute(self, incarnation: int) -> None:
         """Others think we are suspect, dead or older: outbid them with a higher incarnation."""
+        if incarnation >= MAX_INCARNATION:  # forged: outbidding it would overflow the wire
+            self.stats["refused_incarnations"] += 1
+            log.warning("event=refute_refused member=%s incarnation=%d", self.name, incarnation)
+            return
         self.me.incarnation = max(self.me.incarnation, incarnation) + 1
         self.stats["refutations"] += 1
         self._awareness(1)

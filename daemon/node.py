@@ -24,7 +24,7 @@ from .errors import ConfigError, WireError
 from .loop import EventLoop
 from .membership import Membership
 from .transport.udpzmq import UdpZmqTransport
-from .wire import Codec, MessageType
+from .wire import MAX_INCARNATION, Codec, MessageType
 
 log = logging.getLogger("gossipflow.node")
 
@@ -83,8 +83,8 @@ class Node:
             return
         self._stopping = True
         log.info("event=leaving member=%s", self.name)
-        self.membership.leave()
         self.loop.clock.call_later(self.config.leave_timeout, self.loop.stop)
+        self.membership.leave()
 
     def _refused(self, reason: str) -> None:
         log.error("event=exit member=%s reason=%r", self.name, reason)
@@ -120,6 +120,8 @@ class Node:
         try:
             saved: dict[str, Any] = json.loads(path.read_text())
             owner, incarnation = saved["name"], int(saved["incarnation"])
+            if not 0 <= incarnation < MAX_INCARNATION:
+                raise ValueError(f"incarnation {incarnation} out of range")
         except (ValueError, KeyError, TypeError) as err:
             raise ConfigError(f"{path} is damaged ({err}); move it away to start afresh") from err
         if owner != self.name:

@@ -28,6 +28,22 @@ from .errors import AuthError, DecodeError
 
 TAG_SIZE = 16
 _UNTAGGED, _TAGGED = 0, 1
+MAX_INCARNATION = 2**48
+"""Incarnations above this are refused at decode: a member refutes by adding one,
+and a forged huge value must not push anyone past what msgpack can carry."""
+MAX_NAME = 255
+
+
+class Address(str):
+    """Schema marker: a "host:port" string with a port in 1..65535."""
+
+
+class Incarnation(int):
+    """Schema marker: an integer in 0..MAX_INCARNATION."""
+
+
+class Name(str):
+    """Schema marker: a member name, 1..MAX_NAME characters."""
 
 
 class MessageType(IntEnum):
@@ -55,16 +71,17 @@ class Status(IntEnum):
 
 
 # Field name -> allowed types; a name ending in "?" is optional.
-_UPDATE = {"k": int, "n": str, "i": int, "a?": str, "m?": dict, "f?": str}
-_STATE = {"n": str, "a": str, "i": int, "s": int, "m": dict}
+_UPDATE = {"k": int, "n": Name, "i": Incarnation, "a?": Address, "m?": dict, "f?": Name}
+_STATE = {"n": Name, "a": Address, "i": Incarnation, "s": int, "m": dict}
 SCHEMAS: dict[MessageType, dict[str, Any]] = {
-    MessageType.PING: {"s": int, "t": str, "f": str, "a": str, "u?": list},
-    MessageType.PING_REQ: {"s": int, "t": str, "ta": str, "f": str, "a": str, "u?": list},
-    MessageType.ACK: {"s": int, "f": str, "u?": list},
-    MessageType.NACK: {"s": int, "f": str},
-    MessageType.GOSSIP: {"f": str, "u": list},
-    MessageType.PUSH_PULL: {"f": str, "j": bool, "st": list, "m": dict},
-    MessageType.PUSH_PULL_REPLY: {"f": str, "st": list},
+    MessageType.PING: {"s": int, "t": Name, "f": Name, "a": Address, "u?": list},
+    MessageType.PING_REQ: {"s": int, "t": Name, "ta": Address, "f": Name, "a": Address,
+                           "u?": list},
+    MessageType.ACK: {"s": int, "f": Name, "u?": list},
+    MessageType.NACK: {"s": int, "f": Name},
+    MessageType.GOSSIP: {"f": Name, "u": list},
+    MessageType.PUSH_PULL: {"f": Name, "j": bool, "st": list, "m": dict},
+    MessageType.PUSH_PULL_REPLY: {"f": Name, "st": list},
     MessageType.API_REQUEST: {"op": str, "args": dict},
     MessageType.API_REPLY: {"result?": object},
     MessageType.ERROR: {"error": str},
@@ -150,7 +167,24 @@ def _check(body: dict[str, Any], schema: dict[str, Any], where: str) -> None:
                 continue
             raise DecodeError(f"{where}: missing field {name!r}")
         value = body[name]
-        if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
+        base, valid = _MARKERS.get(kind, (kind, None))
+        if base is int and (isinstance(value, bool) or not isinstance(value, int)):
             raise DecodeError(f"{where}: field {name!r} is not an integer")
-        if not isinstance(value, kind):
-            raise DecodeError(f"{where}: field {name!r} is not {kind.__name__}")
+        if not isinstance(value, base):
+            raise DecodeError(f"{where}: field {name!r} is not {base.__name__}")
+        if valid is not None and not valid(value):
+            raise DecodeError(f"{where}: field {name!r} is not a valid {kind.__name__.lower()}: "
+                              f"{value!r:.80}")
+
+
+def valid_address(text: str) -> bool:
+    """True for "host:port" with a non-empty host and a port in 1..65535."""
+    host, sep, port = text.rpartition(":")
+    return bool(sep and host and len(text) <= 300 and port.isdigit() and 0 < int(port) < 65536)
+
+
+_MARKERS: dict[type, tuple[type, Any]] = {
+    Address: (str, valid_address),
+    Incarnation: (int, lambda value: 0 <= value <= MAX_INCARNATION),
+    Name: (str, lambda value: 0 < len(value) <= MAX_NAME),
+}

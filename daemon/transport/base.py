@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Callable, Protocol
 
 from ..errors import ConfigError
+from ..wire import valid_address
 
 PacketHandler = Callable[[str, bytes], None]
 """Called with (sender address, packet bytes) for each packet received."""
@@ -43,7 +44,7 @@ def parse_address(text: str) -> tuple[str, int]:
     Raises:
         ConfigError: not host:port, or the port is not in 1..65535.
     """
-    host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    if not valid_address(text):
         raise ConfigError(f"address {text!r} is not HOST:PORT (e.g. 127.0.0.1:7400)")
+    host, _, port = text.rpartition(":")
     return host, int(port)

@@ -9,13 +9,14 @@ daemon's :class:`~daemon.loop.EventLoop` thread.
 from __future__ import annotations
 
 import itertools
+from collections import Counter
 import logging
 import socket
 from typing import Any
 
 import zmq
 
-from ..errors import TransportError
+from ..errors import ConfigError, TransportError
 from ..loop import EventLoop
 from .base import PacketHandler, ReplyHandler, RequestHandler, parse_address
 
@@ -55,6 +56,7 @@ class UdpZmqTransport:
         self._on_packet: PacketHandler | None = None
         self._on_request: RequestHandler | None = None
         self.closed = False
+        self.stats: Counter[str] = Counter()
 
     def start(self, on_packet: PacketHandler, on_request: RequestHandler) -> None:
         self._on_packet, self._on_request = on_packet, on_request
@@ -66,7 +68,7 @@ class UdpZmqTransport:
             return
         try:
             self._udp.sendto(data, parse_address(to))
-        except OSError as err:  # full buffer, unreachable: a datagram may be lost
+        except (OSError, ConfigError) as err:  # full buffer, unreachable, bad address: lost
             log.debug("event=udp_send_failed to=%s error=%s", to, err)
 
     def request(self, to: str, data: bytes, timeout: float, on_reply: ReplyHandler) -> None:
@@ -132,6 +134,7 @@ class UdpZmqTransport:
             except zmq.Again:
                 return
             if len(frames) != 3:
+                self.stats["dropped_BadFrames"] += 1
                 log.debug("event=bad_request frames=%d", len(frames))
                 continue
             identity, request_id, data = frames
