@@ -57,18 +57,33 @@ def simulate(n: int, preset: str, seed: int) -> dict[str, float]:
 
 
 def real_detection(members: int, runs: int) -> list[float]:
-    from localcluster import LocalCluster
+    """SIGKILL one daemon per run; seconds until every other daemon shows it dead."""
+    import signal
+    import tempfile
 
+    from daemons import Cluster
+
+    names = [f"n{i}" for i in range(members)]
     times = []
-    with LocalCluster(members, preset="local") as cluster:
-        cluster.wait_converged(timeout=20)
-        for run in range(runs):
-            victim = f"n{run % members}"
-            others = [name for name in cluster.names if name != victim]
-            took = cluster.measure_detection(victim, others, timeout=10)
-            times.append(took)
-            cluster.restart(victim)
-            cluster.wait_converged(timeout=20)
+    with tempfile.TemporaryDirectory(prefix="gossipflow-bench-") as root:
+        cluster = Cluster(Path(root), preset="local")
+        try:
+            cluster.start_many(names)
+            for run in range(runs):
+                victim = names[1 + run % (members - 1)]
+                others = [n for n in names if n != victim]
+                start = time.monotonic()
+                cluster.kill(victim, signal.SIGKILL)
+                while not all(cluster.statuses(o, timeout=0.5).get(victim) == "dead"
+                              for o in others):
+                    if time.monotonic() - start > 15:
+                        raise SystemExit(f"{victim} not detected dead within 15 s")
+                    time.sleep(0.01)
+                times.append(time.monotonic() - start)
+                cluster.restart(victim)
+                cluster.wait_converged(names, timeout=15)
+        finally:
+            cluster.close()
     return times
 
 
