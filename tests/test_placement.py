@@ -91,7 +91,8 @@ def _timed(fn, *args) -> float:
 # --- movement on join and leave ----------------------------------------------------------
 #
 # The ideal join moves only the joiner's share, P*R/(N+1) slots. Two things
-# add to it, and neither can be designed away:
+# add to it. The first cannot be designed away; the second was no smaller with
+# any variant tried (rounds by replica rank, rank-first order, the LP optimum):
 # - The joiner's own load is an integer, up to ceil(P*R/(N+1)). When that share
 #   is small and fractional (P=64, R=1, N=30: 2.06, cap 3) some member of the
 #   new view holds 3 slots; if it is the one that joined, the join moved 3
@@ -106,8 +107,9 @@ def _timed(fn, *args) -> float:
 # case of (moved - ceil(opt)) / sqrt(N * opt): 1.54 for joins and 1.66 for
 # leaves (P=64, R=1 between 21 and 22 members, where the cap goes from 4 to 3
 # with only 2 slots of slack), over 2160 joins (8 naming schemes) and 2160
-# leaves (4 naming schemes, two different leavers). In ratio terms (scripts/benchmarks/placement.py prints them): mean 1.16 and
-# worst 1.47 for P=1024, R=3; mean 1.56 and worst 4.8 for P=64, R=1.
+# leaves (4 naming schemes, two different leavers). In ratio terms
+# (scripts/benchmarks/placement.py prints them): mean 1.17 and worst 1.47 for
+# P=1024, R=3; mean 1.56 and worst 4.8 for P=64, R=1.
 SPREAD = 1.75
 
 
