@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any, Callable
 
+from .errors import GossipflowError
 from .placement import place
 from .wire import MessageType
 
@@ -39,8 +40,44 @@ def status(node: "Node", args: dict[str, Any]) -> dict[str, Any]:
             "stats": dict(m.stats + node.transport.stats)}
 
 
+def submit(node: "Node", args: dict[str, Any]) -> dict[str, Any]:
+    """Register a flow (checked by the client first) and spread it to every member."""
+    text = _arg(args, "text", str)
+    record, created = node.registry.submit(
+        _arg(args, "name", str), text, _arg(args, "path", str), _arg(args, "base_dir", str),
+        replace=bool(args.get("replace", False)))
+    if created:
+        node.spread(record)
+    return {"flow": record.summary(), "created": created}
+
+
+def flows(node: "Node", args: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every flow in the registry, without its text, sorted by name."""
+    return [node.registry.flows[name].summary() for name in sorted(node.registry.flows)]
+
+
+def flow(node: "Node", args: dict[str, Any]) -> dict[str, Any]:
+    """One flow's record, text included."""
+    return node.registry.get(_arg(args, "name", str)).to_wire()
+
+
+def cancel(node: "Node", args: dict[str, Any]) -> dict[str, Any]:
+    """Mark a flow cancelled everywhere."""
+    record = node.registry.set_status(_arg(args, "name", str), "cancelled")
+    node.spread(record)
+    return record.summary()
+
+
+def _arg(args: dict[str, Any], name: str, kind: type) -> Any:
+    value = args.get(name)
+    if not isinstance(value, kind):
+        raise ValueError(f"argument {name!r} must be a {kind.__name__}")
+    return value
+
+
 OPS: dict[str, Callable[["Node", dict[str, Any]], Any]] = {
     "members": members, "ring": ring, "status": status,
+    "submit": submit, "flows": flows, "flow": flow, "cancel": cancel,
 }
 
 
@@ -52,5 +89,7 @@ def handle(node: "Node", op: str, args: dict[str, Any]) -> tuple[MessageType, di
             "error": f"unknown request {op!r}; this daemon serves: {', '.join(sorted(OPS))}"}
     try:
         return MessageType.API_REPLY, {"result": handler(node, args)}
+    except (GossipflowError, ValueError) as err:
+        return MessageType.ERROR, {"error": str(err)}
     except Exception as err:  # a bug in one request must not take the daemon down
         return MessageType.ERROR, {"error": f"{op} failed: {type(err).__name__}: {err}"}

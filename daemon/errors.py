@@ -8,6 +8,9 @@
     ├── ProtocolError               a peer speaks another protocol version
     ├── ClusterMismatchError        a peer has another partition count (refused on both sides)
     ├── TransportError              a socket could not be bound or used
+    ├── RegistryError               a flow registry request that cannot be done
+    │   ├── FlowExistsError         another text already runs under that name
+    │   └── UnknownFlowError        no flow of that name
     └── ClientError                 a client request that failed
         ├── NodeUnreachableError    no answer from the daemon in time
         └── RequestRefusedError     the daemon answered with an error
@@ -47,6 +50,18 @@ class ClusterMismatchError(GossipflowError):
 
 class TransportError(GossipflowError):
     """A socket could not be bound or used."""
+
+
+class RegistryError(GossipflowError):
+    """A flow registry request that cannot be done."""
+
+
+class FlowExistsError(RegistryError):
+    """Another text already runs under that flow name."""
+
+
+class UnknownFlowError(RegistryError):
+    """No flow of that name."""
 
 
 class ClientError(GossipflowError):

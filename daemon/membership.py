@@ -137,6 +137,7 @@ class Membership:
         self._probe_index = 0
         self._seeds: list[str] = []
         self._live: list[Member] | None = None  # cache of live_members(), reset on any change
+        self._exchanges: dict[str, tuple[Callable[[], list], Callable[[list], None]]] = {}
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -176,6 +177,12 @@ class Membership:
         for suspicion in self._suspicions.values():
             suspicion.cancel()
         self.transport.close()
+
+    def add_state_exchange(self, field: str, get: Callable[[], list],
+                           merge: Callable[[list], None]) -> None:
+        """Carry more replicated state in every push-pull: ``get()`` is sent as ``field``
+        (a list field the wire schema allows), ``merge(items)`` takes the peer's."""
+        self._exchanges[field] = (get, merge)
 
     # ------------------------------------------------------------------ views
 
@@ -385,7 +392,8 @@ class Membership:
 
     def _push_pull(self, address: str, join: bool, on_done: Callable[[bool], None]) -> None:
         request = self.codec.encode(MessageType.PUSH_PULL, {
-            "f": self.name, "j": join, "st": self._state(), "m": self.meta})
+            "f": self.name, "j": join, "st": self._state(), "m": self.meta,
+            **self._exchange_out()})
 
         def on_reply(data: bytes | None) -> None:
             if not self.running:
@@ -406,6 +414,7 @@ class Membership:
                 on_done(False)
             elif kind == MessageType.PUSH_PULL_REPLY:
                 self._merge_state(body["f"], body["st"])
+                self._exchange_in(address, body)
                 on_done(True)
             else:
                 on_done(False)
@@ -421,7 +430,20 @@ class Membership:
             self.stats["refused_members"] += 1
             return MessageType.ERROR, {"error": f"member {self.name} refused {body['f']}: {reason}"}
         self._merge_state(body["f"], body["st"])
-        return MessageType.PUSH_PULL_REPLY, {"f": self.name, "st": self._state()}
+        self._exchange_in(body["f"], body)
+        return MessageType.PUSH_PULL_REPLY, {"f": self.name, "st": self._state(),
+                                             **self._exchange_out()}
+
+    def _exchange_out(self) -> dict[str, list]:
+        return {field: get() for field, (get, _) in self._exchanges.items()}
+
+    def _exchange_in(self, peer: str, body: dict[str, Any]) -> None:
+        for field, (_, merge) in self._exchanges.items():
+            if field in body:
+                try:
+                    merge(body[field])
+                except WireError as err:
+                    self._drop(peer, err)
 
     def _merge_state(self, sender: str, states: list[dict[str, Any]]) -> None:
         for state in states:

@@ -23,6 +23,7 @@ from .config import Config
 from .errors import ConfigError, WireError
 from .loop import EventLoop
 from .membership import Membership
+from .registry import FlowRecord, Registry
 from .transport.udpzmq import UdpZmqTransport
 from .wire import MAX_INCARNATION, Codec, MessageType
 
@@ -51,6 +52,9 @@ class Node:
             name, config, self.loop.clock, self.transport, self.codec,
             incarnation=incarnation, rng=random.Random(),
             on_incarnation=self._save_incarnation, on_refused=self._refused)
+        self.registry = Registry(name, on_change=lambda record: self._save_flows())
+        self._load_flows()
+        self.membership.add_state_exchange("fl", self.registry.to_wire, self.registry.merge_wire)
         self.exit_code = 0
         self._stopping = False
 
@@ -105,8 +109,24 @@ class Node:
             reply(self.codec.encode(*self.membership.handle_push_pull(body)))
         elif kind == MessageType.API_REQUEST:
             reply(self.codec.encode(*api.handle(self, body["op"], body["args"])))
+        elif kind == MessageType.FLOW_UPDATE:
+            try:
+                self.registry.merge_wire(body["fl"])
+            except WireError as err:
+                self.membership._drop("request", err)
+                reply(self.codec.encode(MessageType.ERROR, {"error": f"bad request: {err}"}))
+                return
+            reply(self.codec.encode(MessageType.API_REPLY, {"result": None}))
         else:
             reply(self.codec.encode(MessageType.ERROR, {"error": f"{kind.name} is not a request"}))
+
+    def spread(self, record: FlowRecord) -> None:
+        """Push a changed flow record to every live member now (push-pull repairs misses)."""
+        data = self.codec.encode(MessageType.FLOW_UPDATE, {"fl": [record.to_wire()]})
+        for member in self.membership.live_members():
+            if member.name != self.name:
+                self.transport.request(member.address, data, self.config.request_timeout,
+                                       lambda reply: None)
 
     # ------------------------------------------------------------------ data dir
 
@@ -130,15 +150,31 @@ class Node:
         return incarnation
 
     def _save_incarnation(self, incarnation: int) -> None:
-        """Write member.json atomically (temp file, fsync, rename)."""
-        text = json.dumps({"name": self.name, "incarnation": incarnation})
-        fd, tmp = tempfile.mkstemp(dir=self.data_dir, prefix=".member.")
-        try:
-            with os.fdopen(fd, "w") as f:
-                f.write(text)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self._member_file())
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_atomically(self._member_file(),
+                         json.dumps({"name": self.name, "incarnation": incarnation}))
+
+    def _load_flows(self) -> None:
+        path = self.data_dir / "flows.json"
+        if path.exists():
+            try:
+                self.registry.merge_wire(json.loads(path.read_text()))
+            except (ValueError, WireError) as err:
+                raise ConfigError(f"{path} is damaged ({err}); move it away: the cluster "
+                                  f"will send this member its flows again") from err
+
+    def _save_flows(self) -> None:
+        write_atomically(self.data_dir / "flows.json", json.dumps(self.registry.to_wire()))
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text``: temp file, fsync, rename."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

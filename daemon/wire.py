@@ -59,6 +59,7 @@ class MessageType(IntEnum):
     API_REQUEST = 8      # client request: {"op": ..., "args": {...}}
     API_REPLY = 9        # response: {"result": ...}
     ERROR = 10           # response: {"error": "..."}: the request was refused
+    FLOW_UPDATE = 11     # request: flow registry records {"fl": [...]}; reply API_REPLY
 
 
 class Status(IntEnum):
@@ -80,11 +81,12 @@ SCHEMAS: dict[MessageType, dict[str, Any]] = {
     MessageType.ACK: {"s": int, "f": Name, "u?": list},
     MessageType.NACK: {"s": int, "f": Name},
     MessageType.GOSSIP: {"f": Name, "u": list},
-    MessageType.PUSH_PULL: {"f": Name, "j": bool, "st": list, "m": dict},
-    MessageType.PUSH_PULL_REPLY: {"f": Name, "st": list},
+    MessageType.PUSH_PULL: {"f": Name, "j": bool, "st": list, "m": dict, "fl?": list},
+    MessageType.PUSH_PULL_REPLY: {"f": Name, "st": list, "fl?": list},
     MessageType.API_REQUEST: {"op": str, "args": dict},
     MessageType.API_REPLY: {"result?": object},
     MessageType.ERROR: {"error": str},
+    MessageType.FLOW_UPDATE: {"fl": list},
 }
 _LISTS = {"u": _UPDATE, "st": _STATE}
 

@@ -1,0 +1,169 @@
+"""The cluster-wide flow registry: a small replicated map, last writer wins.
+
+Each flow is one :class:`FlowRecord` (name, version = xxh64 of the text, the
+text itself, status). Every change takes a Lamport stamp ``(clock, origin)``:
+the clock is one more than any clock this member has seen, ties broken by
+the origin member's name, so every member that has seen the same records
+holds the same registry whatever order they arrived in. Records travel in
+push-pull exchanges (repair) and are pushed to every member on change.
+
+Example:
+    >>> a, b = Registry("n1"), Registry("n2")
+    >>> record, created = a.submit("wc", "text", "/f/wc.py", "/f")
+    >>> b.merge(record), b.get("wc").version == record.version
+    (True, True)
+    >>> b.merge(record)
+    False
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Callable, Iterable
+
+import xxhash
+
+from .errors import DecodeError, FlowExistsError, UnknownFlowError
+
+STATUSES = ("running", "completed", "cancelled", "failed")
+FINAL = ("completed", "cancelled", "failed")
+
+
+def flow_version(text: str) -> str:
+    """The version of a flow: xxh64 of its source text, 16 hex digits."""
+    return xxhash.xxh64(text.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class FlowRecord:
+    """One flow as the registry knows it."""
+
+    name: str
+    version: str
+    text: str
+    path: str
+    """The flow file's path on the submitting machine (for messages)."""
+    base_dir: str
+    """Directory that relative paths in the flow are resolved against."""
+    status: str
+    error: str
+    clock: int
+    origin: str
+    submitted: float
+    """Wall-clock time of submission (display only; ordering uses the clock)."""
+
+    @property
+    def stamp(self) -> tuple[int, str]:
+        return (self.clock, self.origin)
+
+    def summary(self) -> dict[str, Any]:
+        """Everything but the text."""
+        return {k: v for k, v in asdict(self).items() if k != "text"}
+
+    def to_wire(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_wire(cls, data: Any) -> "FlowRecord":
+        """Check and build a record from the network.
+
+        Raises:
+            DecodeError: missing fields, wrong types or an unknown status.
+        """
+        if not isinstance(data, dict):
+            raise DecodeError("a flow record is not a map")
+        values = {}
+        for f in fields(cls):
+            value = data.get(f.name)
+            wanted = {"int": int, "float": (int, float), "str": str}[f.type]
+            if isinstance(value, bool) or not isinstance(value, wanted):
+                raise DecodeError(f"flow record field {f.name!r} is missing or not {f.type}")
+            values[f.name] = value
+        if values["status"] not in STATUSES:
+            raise DecodeError(f"flow record has unknown status {values['status']!r}")
+        return cls(**values)
+
+
+class Registry:
+    """This member's copy of the flow registry.
+
+    Args:
+        member: our member name (the origin of changes made here).
+        on_change: called with each record that changed (new, replaced, restated).
+    """
+
+    def __init__(self, member: str,
+                 on_change: Callable[[FlowRecord], None] | None = None) -> None:
+        self.member = member
+        self.flows: dict[str, FlowRecord] = {}
+        self._clock = 0
+        self._on_change = on_change or (lambda record: None)
+
+    def get(self, name: str) -> FlowRecord:
+        """The record of flow ``name``.
+
+        Raises:
+            UnknownFlowError: no such flow.
+        """
+        record = self.flows.get(name)
+        if record is None:
+            known = ", ".join(sorted(self.flows)) or "none"
+            raise UnknownFlowError(f"no flow named {name!r} (flows: {known})")
+        return record
+
+    def merge(self, record: FlowRecord) -> bool:
+        """Take ``record`` if it is newer than ours; True if it changed anything."""
+        self._clock = max(self._clock, record.clock)
+        current = self.flows.get(record.name)
+        if current is not None and current.stamp >= record.stamp:
+            return False
+        self.flows[record.name] = record
+        self._on_change(record)
+        return True
+
+    def merge_wire(self, items: Iterable[Any]) -> list[FlowRecord]:
+        """Merge records from the network; the ones that changed. Bad records raise DecodeError."""
+        records = [FlowRecord.from_wire(item) for item in items]
+        return [record for record in records if self.merge(record)]
+
+    def to_wire(self) -> list[dict[str, Any]]:
+        return [record.to_wire() for record in self.flows.values()]
+
+    def submit(self, name: str, text: str, path: str, base_dir: str,
+               replace: bool = False) -> tuple[FlowRecord, bool]:
+        """Register a flow; ``(record, created)``. The same text again is a no-op.
+
+        Raises:
+            FlowExistsError: another text runs under that name and ``replace`` is False.
+        """
+        version = flow_version(text)
+        current = self.flows.get(name)
+        if current is not None and current.version == version:
+            return current, False
+        if current is not None and not replace:
+            raise FlowExistsError(
+                f"flow {name!r} exists with another text (version {current.version}, "
+                f"{current.status}); submit with --replace to run the new text instead")
+        record = self._stamp(FlowRecord(name, version, text, path, base_dir, "running", "",
+                                        0, "", time.time()))
+        self.merge(record)
+        return record, True
+
+    def set_status(self, name: str, status: str, error: str = "") -> FlowRecord:
+        """Restate flow ``name`` (e.g. cancelled, completed, failed with ``error``).
+
+        Raises:
+            UnknownFlowError: no such flow.
+            ValueError: unknown status.
+        """
+        if status not in STATUSES:
+            raise ValueError(f"status must be one of {', '.join(STATUSES)}")
+        current = self.get(name)
+        record = self._stamp(FlowRecord(**{**asdict(current), "status": status, "error": error}))
+        self.merge(record)
+        return record
+
+    def _stamp(self, record: FlowRecord) -> FlowRecord:
+        self._clock += 1
+        return FlowRecord(**{**asdict(record), "clock": self._clock, "origin": self.member})

@@ -1,0 +1,86 @@
+"""The flow registry: last-writer-wins records that converge whatever the delivery order."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from daemon.errors import DecodeError, FlowExistsError, UnknownFlowError
+from daemon.registry import FlowRecord, Registry, flow_version
+
+
+def test_same_text_again_is_a_no_op():
+    registry = Registry("n1")
+    first, created = registry.submit("wc", "text", "/a/wc.py", "/a")
+    again, created_again = registry.submit("wc", "text", "/b/wc.py", "/b")
+    assert created and not created_again and again == first
+    assert first.version == flow_version("text") and len(first.version) == 16
+
+
+def test_changed_text_is_refused_unless_replace():
+    registry = Registry("n1")
+    old, _ = registry.submit("wc", "one", "/a/wc.py", "/a")
+    with pytest.raises(FlowExistsError, match="--replace"):
+        registry.submit("wc", "two", "/a/wc.py", "/a")
+    new, created = registry.submit("wc", "two", "/a/wc.py", "/a", replace=True)
+    assert created and new.version == flow_version("two") and new.stamp > old.stamp
+    assert registry.get("wc") == new
+
+
+def test_status_changes_and_unknown_flows():
+    registry = Registry("n1")
+    registry.submit("wc", "text", "/a/wc.py", "/a")
+    assert registry.set_status("wc", "failed", "boom").error == "boom"
+    assert registry.get("wc").status == "failed"
+    with pytest.raises(UnknownFlowError, match="no flow named 'nope' \\(flows: wc\\)"):
+        registry.get("nope")
+    with pytest.raises(ValueError):
+        registry.set_status("wc", "paused")
+
+
+def test_newer_change_wins_on_every_member_after_exchange():
+    a, b = Registry("a"), Registry("b")
+    record, _ = a.submit("wc", "text", "/a/wc.py", "/a")
+    b.merge(record)
+    b.set_status("wc", "cancelled")          # b's change is later: it has seen a's clock
+    a.merge_wire(b.to_wire())
+    assert a.get("wc").status == "cancelled"
+    assert a.merge_wire(b.to_wire()) == []   # nothing new the second time
+
+
+def test_records_from_the_network_are_checked():
+    good = Registry("a").submit("wc", "t", "/p", "/d")[0].to_wire()
+    for broken in [None, [], {**good, "status": "paused"}, {**good, "clock": "1"},
+                   {k: v for k, v in good.items() if k != "text"}, {**good, "clock": True}]:
+        with pytest.raises(DecodeError):
+            FlowRecord.from_wire(broken)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 2**32))
+def test_members_converge_whatever_the_order(seed):
+    rng = random.Random(seed)
+    members = [Registry(f"n{i}") for i in range(3)]
+    sent: list[dict] = []
+    for _ in range(20):
+        registry = rng.choice(members)
+        name = rng.choice(["f1", "f2"])
+        try:
+            if rng.random() < 0.5:
+                registry.submit(name, rng.choice(["t1", "t2"]), "/p", "/d",
+                                replace=rng.random() < 0.5)
+            else:
+                registry.set_status(name, rng.choice(["completed", "cancelled", "failed"]))
+        except (FlowExistsError, UnknownFlowError):
+            pass
+        sent.extend(registry.to_wire())
+        if rng.random() < 0.3:  # partial, reordered delivery while changes go on
+            rng.choice(members).merge_wire(rng.sample(sent, min(len(sent), 3)))
+    for registry in members:
+        shuffled = sent[:]
+        rng.shuffle(shuffled)
+        registry.merge_wire(shuffled)
+    assert members[0].flows == members[1].flows == members[2].flows
