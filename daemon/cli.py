@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import sys
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -147,9 +148,19 @@ def ring(ask: Callable[..., Any], as_json: bool) -> None:
 
 
 @main.command()
+@click.argument("flow", required=False)
 @client_command
-def status(ask: Callable[..., Any], as_json: bool) -> None:
-    """The daemon itself: name, incarnation, health and protocol counters."""
+def status(ask: Callable[..., Any], as_json: bool, flow: str | None) -> None:
+    """The daemon itself (health, counters), or with FLOW that flow's state."""
+    if flow is not None:
+        record = ask("flow", {"name": flow})
+        record.pop("text", None)
+        if as_json:
+            _print_json(record)
+        else:
+            for key in ("name", "version", "status", "error", "path", "submitted"):
+                click.echo(f"{key}: {record[key]}")
+        return
     result = ask("status")
     if as_json:
         _print_json(result)
@@ -158,6 +169,80 @@ def status(ask: Callable[..., Any], as_json: bool) -> None:
         click.echo(f"{key}: {result[key]}")
     for key, value in sorted(result["stats"].items()):
         click.echo(f"  {key}: {value}")
+
+
+EXIT_FLOW_INVALID = 1
+
+
+@main.command()
+@click.argument("flow_file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--replace", is_flag=True, help="Run this text instead of a different one "
+              "already registered under the same name.")
+@click.option("--wait", is_flag=True, help="Wait until the flow completes (exit 0) or "
+              "fails (exit 1, with its error).")
+@client_command
+def submit(ask: Callable[..., Any], as_json: bool, flow_file: str, replace: bool,
+           wait: bool) -> None:
+    """Check FLOW_FILE here, then run it on the cluster (through any daemon)."""
+    from nodes import FlowError, load_flow
+
+    path = Path(flow_file).resolve()
+    try:
+        text = path.read_text(encoding="utf-8")
+        flow = load_flow(text, str(path))
+    except (OSError, UnicodeDecodeError) as err:
+        click.echo(f"gossipflow: cannot read {flow_file}: {err}", err=True)
+        sys.exit(EXIT_FLOW_INVALID)
+    except FlowError as err:
+        click.echo(f"gossipflow: {err}", err=True)
+        click.echo("gossipflow: nothing was submitted", err=True)
+        sys.exit(EXIT_FLOW_INVALID)
+    result = ask("submit", {"name": flow.name, "text": text, "path": str(path),
+                            "base_dir": str(flow.base_dir), "replace": replace})
+    record = result["flow"]
+    if not wait:
+        if as_json:
+            _print_json(result)
+        else:
+            verb = "submitted" if result["created"] else "already registered (same text)"
+            click.echo(f"flow {record['name']} version {record['version']}: {verb}")
+        return
+    while record["status"] == "running":
+        time.sleep(0.2)
+        record = ask("flow", {"name": flow.name})
+        record.pop("text", None)
+    if as_json:
+        _print_json(record)
+    else:
+        click.echo(f"flow {record['name']} {record['status']}"
+                   + (f": {record['error']}" if record["error"] else ""))
+    if record["status"] != "completed":
+        sys.exit(EXIT_FLOW_INVALID)
+
+
+@main.command()
+@client_command
+def flows(ask: Callable[..., Any], as_json: bool) -> None:
+    """Every flow in the cluster's registry."""
+    result = ask("flows")
+    if as_json:
+        _print_json(result)
+        return
+    _print_table([[f["name"], f["version"], f["status"],
+                   time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(f["submitted"]))]
+                  for f in result], ["NAME", "VERSION", "STATUS", "SUBMITTED"])
+
+
+@main.command()
+@click.argument("name")
+@client_command
+def cancel(ask: Callable[..., Any], as_json: bool, name: str) -> None:
+    """Stop flow NAME everywhere."""
+    record = ask("cancel", {"name": name})
+    if as_json:
+        _print_json(record)
+    else:
+        click.echo(f"flow {name}: {record['status']}")
 
 
 if __name__ == "__main__":
