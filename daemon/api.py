@@ -11,8 +11,12 @@ import time
 from typing import TYPE_CHECKING, Any, Callable
 
 from .errors import GossipflowError
+from .flows import pick_table
 from .placement import place
+from .runtime import flow_id
 from .wire import MessageType
+
+Respond = Callable[[MessageType, dict[str, Any]], None]
 
 if TYPE_CHECKING:
     from .node import Node
@@ -42,30 +46,50 @@ def status(node: "Node", args: dict[str, Any]) -> dict[str, Any]:
 
 def submit(node: "Node", args: dict[str, Any]) -> dict[str, Any]:
     """Register a flow (checked by the client first) and spread it to every member."""
-    text = _arg(args, "text", str)
-    record, created = node.registry.submit(
-        _arg(args, "name", str), text, _arg(args, "path", str), _arg(args, "base_dir", str),
-        replace=bool(args.get("replace", False)))
-    if created:
-        node.spread(record)
-    return {"flow": record.summary(), "created": created}
+    for name in ("name", "text", "path", "base_dir"):
+        _arg(args, name, str)
+    return node.flows.submit(args)
 
 
 def flows(node: "Node", args: dict[str, Any]) -> list[dict[str, Any]]:
     """Every flow in the registry, without its text, sorted by name."""
-    return [node.registry.flows[name].summary() for name in sorted(node.registry.flows)]
+    registry = node.flows.registry
+    return [registry.flows[name].summary() for name in sorted(registry.flows)]
 
 
 def flow(node: "Node", args: dict[str, Any]) -> dict[str, Any]:
-    """One flow's record, text included."""
-    return node.registry.get(_arg(args, "name", str)).to_wire()
+    """One flow's record (text included) and this member's view of its progress."""
+    record = node.flows.registry.get(_arg(args, "name", str))
+    total, done = node.flows.progress.get(flow_id(record), (0, set()))
+    return {**record.to_wire(), "tasks": total, "tasks_done": len(done),
+            "local": node.flows.runtime.status().get(flow_id(record), {})}
 
 
 def cancel(node: "Node", args: dict[str, Any]) -> dict[str, Any]:
     """Mark a flow cancelled everywhere."""
-    record = node.registry.set_status(_arg(args, "name", str), "cancelled")
-    node.spread(record)
-    return record.summary()
+    return node.flows.set_status(_arg(args, "name", str), "cancelled").summary()
+
+
+def rows(node: "Node", args: dict[str, Any]) -> dict[str, list]:
+    """Table rows this member holds for a flow version (asked by other members' queries)."""
+    _arg(args, "flow", str)
+    return node.flows.rows(args)
+
+
+def query(node: "Node", args: dict[str, Any], respond: Respond) -> None:
+    """A flow's table (or one key of it), gathered from every member holding a part."""
+    _arg(args, "name", str)
+
+    def done(tables: dict[str, list], error: str | None) -> None:
+        if error:
+            respond(MessageType.ERROR, {"error": error})
+            return
+        try:
+            respond(MessageType.API_REPLY, {"result": pick_table(tables, args.get("sink"))})
+        except GossipflowError as err:
+            respond(MessageType.ERROR, {"error": str(err)})
+
+    node.flows.query(args, done)
 
 
 def _arg(args: dict[str, Any], name: str, kind: type) -> Any:
@@ -76,20 +100,25 @@ def _arg(args: dict[str, Any], name: str, kind: type) -> Any:
 
 
 OPS: dict[str, Callable[["Node", dict[str, Any]], Any]] = {
-    "members": members, "ring": ring, "status": status,
-    "submit": submit, "flows": flows, "flow": flow, "cancel": cancel,
+    "members": members, "ring": ring, "status": status, "submit": submit, "flows": flows,
+    "flow": flow, "cancel": cancel, "rows": rows,
 }
+DEFERRED_OPS: dict[str, Callable[["Node", dict[str, Any], Respond], None]] = {"query": query}
 
 
-def handle(node: "Node", op: str, args: dict[str, Any]) -> tuple[MessageType, dict[str, Any]]:
-    """Run one request; errors become an ERROR reply, never an exception."""
-    handler = OPS.get(op)
-    if handler is None:
-        return MessageType.ERROR, {
-            "error": f"unknown request {op!r}; this daemon serves: {', '.join(sorted(OPS))}"}
+def handle(node: "Node", op: str, args: dict[str, Any], respond: Respond) -> None:
+    """Run one request and ``respond(kind, body)`` once, now or later; errors become an
+    ERROR reply, never an exception."""
     try:
-        return MessageType.API_REPLY, {"result": handler(node, args)}
+        if op in DEFERRED_OPS:
+            DEFERRED_OPS[op](node, args, respond)
+        elif op in OPS:
+            respond(MessageType.API_REPLY, {"result": OPS[op](node, args)})
+        else:
+            served = ", ".join(sorted([*OPS, *DEFERRED_OPS]))
+            respond(MessageType.ERROR,
+                    {"error": f"unknown request {op!r}; this daemon serves: {served}"})
     except (GossipflowError, ValueError) as err:
-        return MessageType.ERROR, {"error": str(err)}
+        respond(MessageType.ERROR, {"error": str(err)})
     except Exception as err:  # a bug in one request must not take the daemon down
-        return MessageType.ERROR, {"error": f"{op} failed: {type(err).__name__}: {err}"}
+        respond(MessageType.ERROR, {"error": f"{op} failed: {type(err).__name__}: {err}"})

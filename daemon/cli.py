@@ -235,6 +235,29 @@ def flows(ask: Callable[..., Any], as_json: bool) -> None:
 
 @main.command()
 @click.argument("name")
+@click.argument("key", required=False)
+@click.option("--sink", help="Which table sink, when the flow has several.")
+@client_command
+def query(ask: Callable[..., Any], as_json: bool, name: str, key: str | None,
+          sink: str | None) -> None:
+    """Flow NAME's table (the latest value per key), or the value of KEY, from any daemon."""
+    rows = ask("query", {"name": name, "key": key, "sink": sink})
+    if key is not None:
+        if not rows:
+            click.echo(f"gossipflow: key {key!r} is not in {name}'s table", err=True)
+            sys.exit(EXIT_FLOW_INVALID)
+        value = rows[0][1]
+        click.echo(json.dumps(value) if as_json else value)
+        return
+    rows.sort(key=lambda row: repr(row[0]))
+    if as_json:
+        click.echo(json.dumps({str(k): v for k, v in rows}, indent=2, sort_keys=True))
+    else:
+        _print_table([[k, v] for k, v in rows], ["KEY", "VALUE"])
+
+
+@main.command()
+@click.argument("name")
 @client_command
 def cancel(ask: Callable[..., Any], as_json: bool, name: str) -> None:
     """Stop flow NAME everywhere."""

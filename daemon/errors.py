@@ -11,9 +11,15 @@
     ├── RegistryError               a flow registry request that cannot be done
     │   ├── FlowExistsError         another text already runs under that name
     │   └── UnknownFlowError        no flow of that name
-    └── ClientError                 a client request that failed
-        ├── NodeUnreachableError    no answer from the daemon in time
-        └── RequestRefusedError     the daemon answered with an error
+    ├── ClientError                 a client request that failed
+    │   ├── NodeUnreachableError    no answer from the daemon in time
+    │   └── RequestRefusedError     the daemon answered with an error
+    └── StoreError                  the LMDB store cannot be opened, read or written
+        ├── StoreFullError          disk or map full: the commit was aborted, the store is intact
+        ├── InvalidCommitError      a malformed commit (reused outbox sequence, bad id or key)
+        └── StaleCommitError        a commit out of order for its task; nothing was written
+            ├── CommitGapError      its number skips past last + 1: catch up first
+            └── StaleEpochError     its epoch is below what the task promised or saw
 
 Errors from pyzmq and msgpack are translated into these at the boundary
 (``raise ... from err``), so callers catch ours only.
@@ -74,3 +80,27 @@ class NodeUnreachableError(ClientError):
 
 class RequestRefusedError(ClientError):
     """The daemon answered with an error."""
+
+
+class StoreError(GossipflowError):
+    """The LMDB store cannot be opened, read or written (the message names the path)."""
+
+
+class StoreFullError(StoreError):
+    """The disk or the LMDB map is full; the commit was aborted and the store is intact."""
+
+
+class InvalidCommitError(StoreError, ValueError):
+    """A malformed commit: reused outbox sequence, NUL in an id, key too long, wrong types."""
+
+
+class StaleCommitError(StoreError):
+    """A commit out of order for its task; nothing was written."""
+
+
+class CommitGapError(StaleCommitError):
+    """A commit whose number skips past the task's last commit + 1: catch up first."""
+
+
+class StaleEpochError(StaleCommitError):
+    """A commit from an epoch below the task's promise or last epoch: a newer primary exists."""

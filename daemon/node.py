@@ -13,6 +13,7 @@ import logging
 import os
 import random
 import signal
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -23,7 +24,7 @@ from .config import Config
 from .errors import ConfigError, WireError
 from .loop import EventLoop
 from .membership import Membership
-from .registry import FlowRecord, Registry
+from .flows import FlowService
 from .transport.udpzmq import UdpZmqTransport
 from .wire import MAX_INCARNATION, Codec, MessageType
 
@@ -52,9 +53,7 @@ class Node:
             name, config, self.loop.clock, self.transport, self.codec,
             incarnation=incarnation, rng=random.Random(),
             on_incarnation=self._save_incarnation, on_refused=self._refused)
-        self.registry = Registry(name, on_change=lambda record: self._save_flows())
-        self._load_flows()
-        self.membership.add_state_exchange("fl", self.registry.to_wire, self.registry.merge_wire)
+        self.flows = FlowService(self)
         self.exit_code = 0
         self._stopping = False
 
@@ -71,11 +70,16 @@ class Node:
         if not self.codec.secured:
             log.warning("event=insecure member=%s detail=%r", self.name,
                         "no --secret-file: anyone who reaches this port can join the cluster")
+        # The runtime thread runs user code; switch threads often, so that the event
+        # loop (probes, acks, requests) never waits long for the interpreter.
+        sys.setswitchinterval(0.0005)
         self.membership.start(self.seeds)
+        self.flows.start()
         try:
             self.loop.run_forever()
         finally:
             self.membership.stop()
+            self.flows.stop()
             self.loop.close()
             log.info("event=stopped member=%s exit_code=%d", self.name, self.exit_code)
         return self.exit_code
@@ -108,10 +112,17 @@ class Node:
         if kind == MessageType.PUSH_PULL:
             reply(self.codec.encode(*self.membership.handle_push_pull(body)))
         elif kind == MessageType.API_REQUEST:
-            reply(self.codec.encode(*api.handle(self, body["op"], body["args"])))
+            api.handle(self, body["op"], body["args"],
+                       lambda kind, body: reply(self.codec.encode(kind, body)))
+        elif kind == MessageType.DATA:
+            try:
+                self.flows.handle_data(body, reply)
+            except WireError as err:
+                self.membership._drop("request", err)
+                reply(self.codec.encode(MessageType.ERROR, {"error": f"bad request: {err}"}))
         elif kind == MessageType.FLOW_UPDATE:
             try:
-                self.registry.merge_wire(body["fl"])
+                self.flows.handle_update(body)
             except WireError as err:
                 self.membership._drop("request", err)
                 reply(self.codec.encode(MessageType.ERROR, {"error": f"bad request: {err}"}))
@@ -119,14 +130,6 @@ class Node:
             reply(self.codec.encode(MessageType.API_REPLY, {"result": None}))
         else:
             reply(self.codec.encode(MessageType.ERROR, {"error": f"{kind.name} is not a request"}))
-
-    def spread(self, record: FlowRecord) -> None:
-        """Push a changed flow record to every live member now (push-pull repairs misses)."""
-        data = self.codec.encode(MessageType.FLOW_UPDATE, {"fl": [record.to_wire()]})
-        for member in self.membership.live_members():
-            if member.name != self.name:
-                self.transport.request(member.address, data, self.config.request_timeout,
-                                       lambda reply: None)
 
     # ------------------------------------------------------------------ data dir
 
@@ -152,18 +155,6 @@ class Node:
     def _save_incarnation(self, incarnation: int) -> None:
         write_atomically(self._member_file(),
                          json.dumps({"name": self.name, "incarnation": incarnation}))
-
-    def _load_flows(self) -> None:
-        path = self.data_dir / "flows.json"
-        if path.exists():
-            try:
-                self.registry.merge_wire(json.loads(path.read_text()))
-            except (ValueError, WireError) as err:
-                raise ConfigError(f"{path} is damaged ({err}); move it away: the cluster "
-                                  f"will send this member its flows again") from err
-
-    def _save_flows(self) -> None:
-        write_atomically(self.data_dir / "flows.json", json.dumps(self.registry.to_wire()))
 
 
 def write_atomically(path: Path, text: str) -> None:

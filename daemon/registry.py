@@ -9,7 +9,7 @@ push-pull exchanges (repair) and are pushed to every member on change.
 
 Example:
     >>> a, b = Registry("n1"), Registry("n2")
-    >>> record, created = a.submit("wc", "text", "/f/wc.py", "/f")
+    >>> record, created = a.submit("wc", "text", "/f/wc.py", "/f", ["n1", "n2"])
     >>> b.merge(record), b.get("wc").version == record.version
     (True, True)
     >>> b.merge(record)
@@ -52,6 +52,8 @@ class FlowRecord:
     origin: str
     submitted: float
     """Wall-clock time of submission (display only; ordering uses the clock)."""
+    members: list
+    """Names of the members the flow's partitions are placed over (alive at submission)."""
 
     @property
     def stamp(self) -> tuple[int, str]:
@@ -76,10 +78,12 @@ class FlowRecord:
         values = {}
         for f in fields(cls):
             value = data.get(f.name)
-            wanted = {"int": int, "float": (int, float), "str": str}[f.type]
+            wanted = {"int": int, "float": (int, float), "str": str, "list": list}[f.type]
             if isinstance(value, bool) or not isinstance(value, wanted):
                 raise DecodeError(f"flow record field {f.name!r} is missing or not {f.type}")
             values[f.name] = value
+        if not all(isinstance(m, str) for m in values["members"]):
+            raise DecodeError("flow record members must be names")
         if values["status"] not in STATUSES:
             raise DecodeError(f"flow record has unknown status {values['status']!r}")
         return cls(**values)
@@ -130,9 +134,10 @@ class Registry:
     def to_wire(self) -> list[dict[str, Any]]:
         return [record.to_wire() for record in self.flows.values()]
 
-    def submit(self, name: str, text: str, path: str, base_dir: str,
+    def submit(self, name: str, text: str, path: str, base_dir: str, members: list[str],
                replace: bool = False) -> tuple[FlowRecord, bool]:
-        """Register a flow; ``(record, created)``. The same text again is a no-op.
+        """Register a flow placed over ``members``; ``(record, created)``. The same text
+        again is a no-op.
 
         Raises:
             FlowExistsError: another text runs under that name and ``replace`` is False.
@@ -146,7 +151,7 @@ class Registry:
                 f"flow {name!r} exists with another text (version {current.version}, "
                 f"{current.status}); submit with --replace to run the new text instead")
         record = self._stamp(FlowRecord(name, version, text, path, base_dir, "running", "",
-                                        0, "", time.time()))
+                                        0, "", time.time(), sorted(members)))
         self.merge(record)
         return record, True
 

@@ -59,7 +59,8 @@ class MessageType(IntEnum):
     API_REQUEST = 8      # client request: {"op": ..., "args": {...}}
     API_REPLY = 9        # response: {"result": ...}
     ERROR = 10           # response: {"error": "..."}: the request was refused
-    FLOW_UPDATE = 11     # request: flow registry records {"fl": [...]}; reply API_REPLY
+    FLOW_UPDATE = 11     # request: registry records "fl" and/or task progress "pg"
+    DATA = 12            # request: shuffled batches for partition tasks; reply: their marks
 
 
 class Status(IntEnum):
@@ -86,7 +87,8 @@ SCHEMAS: dict[MessageType, dict[str, Any]] = {
     MessageType.API_REQUEST: {"op": str, "args": dict},
     MessageType.API_REPLY: {"result?": object},
     MessageType.ERROR: {"error": str},
-    MessageType.FLOW_UPDATE: {"fl": list},
+    MessageType.FLOW_UPDATE: {"fl?": list, "pg?": list},
+    MessageType.DATA: {"b": list},
 }
 _LISTS = {"u": _UPDATE, "st": _STATE}
 

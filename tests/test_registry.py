@@ -14,25 +14,25 @@ from daemon.registry import FlowRecord, Registry, flow_version
 
 def test_same_text_again_is_a_no_op():
     registry = Registry("n1")
-    first, created = registry.submit("wc", "text", "/a/wc.py", "/a")
-    again, created_again = registry.submit("wc", "text", "/b/wc.py", "/b")
+    first, created = registry.submit("wc", "text", "/a/wc.py", "/a", ["n1"])
+    again, created_again = registry.submit("wc", "text", "/b/wc.py", "/b", ["n1"])
     assert created and not created_again and again == first
     assert first.version == flow_version("text") and len(first.version) == 16
 
 
 def test_changed_text_is_refused_unless_replace():
     registry = Registry("n1")
-    old, _ = registry.submit("wc", "one", "/a/wc.py", "/a")
+    old, _ = registry.submit("wc", "one", "/a/wc.py", "/a", ["n1"])
     with pytest.raises(FlowExistsError, match="--replace"):
-        registry.submit("wc", "two", "/a/wc.py", "/a")
-    new, created = registry.submit("wc", "two", "/a/wc.py", "/a", replace=True)
+        registry.submit("wc", "two", "/a/wc.py", "/a", ["n1"])
+    new, created = registry.submit("wc", "two", "/a/wc.py", "/a", ["n1"], replace=True)
     assert created and new.version == flow_version("two") and new.stamp > old.stamp
     assert registry.get("wc") == new
 
 
 def test_status_changes_and_unknown_flows():
     registry = Registry("n1")
-    registry.submit("wc", "text", "/a/wc.py", "/a")
+    registry.submit("wc", "text", "/a/wc.py", "/a", ["n1"])
     assert registry.set_status("wc", "failed", "boom").error == "boom"
     assert registry.get("wc").status == "failed"
     with pytest.raises(UnknownFlowError, match="no flow named 'nope' \\(flows: wc\\)"):
@@ -43,7 +43,7 @@ def test_status_changes_and_unknown_flows():
 
 def test_newer_change_wins_on_every_member_after_exchange():
     a, b = Registry("a"), Registry("b")
-    record, _ = a.submit("wc", "text", "/a/wc.py", "/a")
+    record, _ = a.submit("wc", "text", "/a/wc.py", "/a", ["n1"])
     b.merge(record)
     b.set_status("wc", "cancelled")          # b's change is later: it has seen a's clock
     a.merge_wire(b.to_wire())
@@ -52,7 +52,7 @@ def test_newer_change_wins_on_every_member_after_exchange():
 
 
 def test_records_from_the_network_are_checked():
-    good = Registry("a").submit("wc", "t", "/p", "/d")[0].to_wire()
+    good = Registry("a").submit("wc", "t", "/p", "/d", ["n1"])[0].to_wire()
     for broken in [None, [], {**good, "status": "paused"}, {**good, "clock": "1"},
                    {k: v for k, v in good.items() if k != "text"}, {**good, "clock": True}]:
         with pytest.raises(DecodeError):
@@ -70,7 +70,7 @@ def test_members_converge_whatever_the_order(seed):
         name = rng.choice(["f1", "f2"])
         try:
             if rng.random() < 0.5:
-                registry.submit(name, rng.choice(["t1", "t2"]), "/p", "/d",
+                registry.submit(name, rng.choice(["t1", "t2"]), "/p", "/d", ["n1"],
                                 replace=rng.random() < 0.5)
             else:
                 registry.set_status(name, rng.choice(["completed", "cancelled", "failed"]))

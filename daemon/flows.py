@@ -1,0 +1,275 @@
+"""The flow service of a daemon: registry, runtime, progress and queries, on the event loop.
+
+It owns the member's copy of the flow registry (and spreads changes), feeds
+the runtime what it must run and what arrives for it, turns the runtime's
+requests into network traffic, merges everyone's task progress (a grow-only
+set per flow version: the flow is ``completed`` once every task of every
+stage is done somewhere) and answers queries by asking every member that
+holds partitions of the flow.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import TYPE_CHECKING, Any, Callable
+
+from .errors import DecodeError, RequestRefusedError, WireError
+from .registry import FlowRecord, Registry
+from .runtime import Hooks, Runtime, flow_id
+from .store import Store
+from .task import TABLE, unpack
+from .wire import MessageType, Status
+
+if TYPE_CHECKING:
+    from .node import Node
+
+log = logging.getLogger("gossipflow.flows")
+
+
+class FlowService:
+    """Everything about flows that a daemon does, wired to its node."""
+
+    def __init__(self, node: "Node") -> None:
+        self.node = node
+        # Not fsynced per commit: a killed daemon loses nothing (the OS has every
+        # committed page); only a power loss could (see README, durability).
+        self.store = Store(node.data_dir / "store", sync=False)
+        self.runtime = Runtime(node.name, node.config.partitions, node.config.replicas,
+                               self.store, Hooks(send=self._send_from_worker,
+                                                 failed=self._failed_from_worker,
+                                                 progress=self._progress_from_worker))
+        self.progress: dict[str, tuple[int, set[int]]] = {}
+        self.registry = Registry(node.name, on_change=self._changed)
+        self._flows_file = node.data_dir / "flows.json"
+        self._load()
+        node.membership.add_state_exchange("fl", self.registry.to_wire, self.registry.merge_wire)
+        node.membership.add_state_exchange("pg", self._progress_out, self.merge_progress)
+
+    def start(self) -> None:
+        self.runtime.start()
+
+    def stop(self) -> None:
+        self.runtime.stop()
+        self.store.close()
+
+    # ------------------------------------------------------------------ registry
+
+    def submit(self, args: dict[str, Any]) -> dict[str, Any]:
+        live = [m.name for m in self.node.membership.live_members()]
+        record, created = self.registry.submit(args["name"], args["text"], args["path"],
+                                               args["base_dir"], live,
+                                               replace=bool(args.get("replace")))
+        if created:
+            self.spread(fl=[record.to_wire()])
+        return {"flow": record.summary(), "created": created}
+
+    def set_status(self, name: str, status: str, error: str = "") -> FlowRecord:
+        record = self.registry.set_status(name, status, error)
+        self.spread(fl=[record.to_wire()])
+        return record
+
+    def _changed(self, record: FlowRecord) -> None:
+        self._save()
+        self.runtime.post("flow", record)
+
+    def spread(self, **fields: list) -> None:
+        """Push registry records (fl) or progress (pg) to every live member now."""
+        data = self.node.codec.encode(MessageType.FLOW_UPDATE, fields)
+        for member in self.node.membership.live_members():
+            if member.name != self.node.name:
+                self.node.transport.request(member.address, data,
+                                            self.node.config.request_timeout, lambda r: None)
+
+    def handle_update(self, body: dict[str, Any]) -> None:
+        """A FLOW_UPDATE from a peer. Raises WireError on bad records."""
+        if "fl" in body:
+            self.registry.merge_wire(body["fl"])
+        if "pg" in body:
+            self.merge_progress(body["pg"])
+
+    def _load(self) -> None:
+        if self._flows_file.exists():
+            try:
+                self.registry.merge_wire(json.loads(self._flows_file.read_text()))
+            except (ValueError, WireError) as err:
+                raise DecodeError(f"{self._flows_file} is damaged ({err}); move it away: the "
+                                  f"cluster will send this member its flows again") from err
+
+    def _save(self) -> None:
+        from .node import write_atomically
+
+        write_atomically(self._flows_file, json.dumps(self.registry.to_wire()))
+
+    # ------------------------------------------------------------------ progress
+
+    def _progress_out(self) -> list:
+        return [[fid, total, sorted(done)] for fid, (total, done) in self.progress.items()]
+
+    def merge_progress(self, items: list) -> None:
+        """Union peers' done tasks into ours; complete flows whose tasks are all done."""
+        for item in items:
+            if not (isinstance(item, (list, tuple)) and len(item) == 3
+                    and isinstance(item[0], str) and isinstance(item[1], int)
+                    and isinstance(item[2], (list, tuple))
+                    and all(isinstance(i, int) for i in item[2])):
+                raise DecodeError("progress entries are [flow id, task count, [task index]]")
+            fid, total, done = item
+            _, known = self.progress.setdefault(fid, (total, set()))
+            if known.issuperset(done):
+                continue
+            known.update(done)
+            name, _, version = fid.rpartition("@")
+            record = self.registry.flows.get(name)
+            if (len(known) >= total and record is not None and record.version == version
+                    and record.status == "running"):
+                log.info("event=flow_completed member=%s flow=%s", self.node.name, fid)
+                self.set_status(name, "completed")
+
+    # ------------------------------------------------------------------ runtime hooks
+
+    def _send_from_worker(self, *args: Any) -> None:
+        self.node.loop.call_soon_threadsafe(self._send_data, *args)
+
+    def _send_data(self, member: str, entries: list[list],
+                   on_marks: Callable[[list | None], None]) -> None:
+        target = self.node.membership.members.get(member)
+        if target is None or target.status not in (Status.ALIVE, Status.SUSPECT):
+            on_marks(None)
+            return
+        data = self.node.codec.encode(MessageType.DATA, {"b": entries})
+
+        def on_reply(reply: bytes | None) -> None:
+            marks = None
+            if reply is not None:
+                try:
+                    kind, body = self.node.codec.decode(reply)
+                    if kind == MessageType.API_REPLY and isinstance(body.get("result"), list):
+                        marks = body["result"]
+                except WireError:
+                    pass
+            on_marks(marks)
+
+        self.node.transport.request(target.address, data, self.node.config.request_timeout,
+                                    on_reply)
+
+    def handle_data(self, body: dict[str, Any], reply: Callable[[bytes], None]) -> None:
+        """Shuffled batches for our tasks; the reply (our mark for each) comes after their
+        commits. Raises DecodeError for a malformed entry."""
+        entries = body["b"]
+        for entry in entries:
+            if not (isinstance(entry, list) and len(entry) == 6 and isinstance(entry[0], str)
+                    and isinstance(entry[1], int) and isinstance(entry[2], int)
+                    and isinstance(entry[3], str) and isinstance(entry[4], int)
+                    and isinstance(entry[5], bytes)):
+                raise DecodeError("DATA entries are [flow, stage, partition, origin, seq, data]")
+        loop, codec = self.node.loop, self.node.codec
+        marks: list = [None] * len(entries)
+        left = [len(entries)]
+
+        def answer() -> None:
+            reply(codec.encode(MessageType.API_REPLY, {"result": marks}))
+
+        def reply_mark(i: int, mark: int | None) -> None:  # called on the worker thread
+            marks[i] = mark
+            left[0] -= 1
+            if left[0] == 0:
+                loop.call_soon_threadsafe(answer)
+
+        if not entries:
+            answer()
+        for i, entry in enumerate(entries):
+            self.runtime.post("data", *entry, lambda mark, i=i: reply_mark(i, mark))
+
+    def _failed_from_worker(self, record: FlowRecord, error: str) -> None:
+        def fail() -> None:
+            current = self.registry.flows.get(record.name)
+            if current is not None and current.version == record.version \
+                    and current.status == "running":
+                self.set_status(record.name, "failed", error)
+        self.node.loop.call_soon_threadsafe(fail)
+
+    def _progress_from_worker(self, fid: str, total: int, done: list[int]) -> None:
+        def report() -> None:
+            self.merge_progress([[fid, total, done]])
+            self.spread(pg=[[fid, total, done]])
+        self.node.loop.call_soon_threadsafe(report)
+
+    # ------------------------------------------------------------------ queries
+
+    def rows(self, args: dict[str, Any]) -> dict[str, list]:
+        """Table rows this member's store holds for a flow version: {sink: [[key, value]]}."""
+        fid, key = args["flow"], args.get("key")
+        out: dict[str, list] = {}
+        for task in self.store.tasks():
+            if task.flow != fid:
+                continue
+            for k, v in self.store.iter_state(task, start=TABLE):
+                if not k.startswith(TABLE):
+                    break
+                sink, _, packed = k[1:].partition(b"\x00")
+                row_key = unpack(packed)
+                if key is None or row_key == key:
+                    out.setdefault(sink.decode(), []).append([row_key, unpack(v)])
+        return out
+
+    def query(self, args: dict[str, Any], reply: Callable[[Any, str | None], None]) -> None:
+        """Gather the table of flow ``name`` (or one ``key``) from every member holding it."""
+        record = self.registry.get(args["name"])
+        request = {"flow": flow_id(record), "key": args.get("key")}
+        owners = sorted(set(record.members))
+        pending = {"left": len(owners), "rows": {}, "missing": []}
+
+        def add(member: str, rows: dict | None) -> None:
+            if rows is None:
+                pending["missing"].append(member)
+            else:
+                for sink, pairs in rows.items():
+                    pending["rows"].setdefault(sink, []).extend(pairs)
+            pending["left"] -= 1
+            if pending["left"] == 0:
+                missing = pending["missing"]
+                reply(pending["rows"], f"no answer from {', '.join(missing)}, which hold part "
+                      f"of flow {record.name}: try again when they are back" if missing else None)
+
+        for member in owners:
+            if member == self.node.name:
+                add(member, self.rows(request))
+            else:
+                self._ask_rows(member, request, add)
+
+    def _ask_rows(self, member: str, request: dict, add: Callable[[str, Any], None]) -> None:
+        target = self.node.membership.members.get(member)
+        if target is None or target.status not in (Status.ALIVE, Status.SUSPECT):
+            add(member, None)
+            return
+        data = self.node.codec.encode(MessageType.API_REQUEST, {"op": "rows", "args": request})
+
+        def on_reply(answer: bytes | None) -> None:
+            try:
+                kind, body = self.node.codec.decode(answer) if answer else (None, {})
+            except WireError:
+                kind = None
+            result = body.get("result") if kind == MessageType.API_REPLY else None
+            add(member, result if isinstance(result, dict) else None)
+
+        self.node.transport.request(target.address, data, self.node.config.request_timeout,
+                                    on_reply)
+
+
+def pick_table(rows: dict[str, list], sink: str | None) -> list:
+    """The rows of one table sink: the named one, or the only one there is.
+
+    Raises:
+        RequestRefusedError: no such sink, or several and none named.
+    """
+    if sink is not None:
+        if sink not in rows:
+            raise RequestRefusedError(f"no rows from a table sink named {sink!r} "
+                                      f"(tables with rows: {', '.join(sorted(rows)) or 'none'})")
+        return rows[sink]
+    if len(rows) > 1:
+        raise RequestRefusedError(f"the flow has several tables ({', '.join(sorted(rows))}): "
+                                  f"pass --sink NAME")
+    return next(iter(rows.values()), [])
+

@@ -1,0 +1,279 @@
+"""The runtime: runs this member's partition tasks of every running flow, on its own thread.
+
+User code (the flow file and its functions) runs only here, never on the
+event-loop thread that answers probes, so a busy flow cannot make its daemon
+look dead. The event loop hands the runtime what arrives (registry changes,
+shuffled batches, acknowledgements) through :meth:`Runtime.post`; the runtime
+hands the event loop what to send through ``Hooks`` that are called on its
+thread.
+
+Placement: a flow's partitions are placed over the members that were alive
+when it was submitted (recorded in its registry entry), and stay there for
+the flow's life; a member that is down holds its partitions until it is back
+(it resumes them from its store). Moving partitions to other members needs
+their state there first: that is replication, the next step.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from nodes import FlowError, load_flow
+from nodes.plan import plan as make_plan
+
+from .errors import GossipflowError
+from .placement import place
+from .registry import FlowRecord
+from .store import Store, TaskId
+from .task import FlowContext, Inbound, PartitionTask, decode_batch
+
+log = logging.getLogger("gossipflow.runtime")
+
+RESEND_AFTER = 1.0
+"""Seconds without any acknowledgement before a task resends what is in flight."""
+REPORT_EVERY = 0.2
+"""Seconds between progress reports to the event loop."""
+
+
+def flow_id(record: FlowRecord) -> str:
+    """Tasks and their stored data are per version: a replaced flow starts afresh."""
+    return f"{record.name}@{record.version}"
+
+
+@dataclass
+class Hooks:
+    """Event-loop side effects, each called on the worker thread and thread-safe."""
+
+    send: Callable[[str, list[list], Callable[[list | None], None]], None]
+    """send(member, entries, on_marks): one message with many batches, each entry
+    [flow_id, stage, partition, origin, seq, payload]; on_marks gets the receiver's
+    mark for each entry, or None when no answer came."""
+    failed: Callable[[FlowRecord, str], None]
+    """failed(record, error): mark the flow failed cluster-wide."""
+    progress: Callable[[str, int, list[int]], None]
+    """progress(flow_id, task count, done task indices): for completion and status."""
+
+
+class RunningFlow:
+    """One flow version's tasks on this member."""
+
+    def __init__(self, record: FlowRecord, me: str, partitions: int, replicas: int,
+                 store: Store, send: Callable[..., None], batch_size: int) -> None:
+        self.record = record
+        self.id = flow_id(record)
+        self.plan = make_plan(load_flow(record.text, record.path))
+        self.owners = [s[0] for s in place(record.members, partitions, replicas)]
+        self.partitions = partitions
+        ctx = FlowContext(self.id, self.plan, partitions, store, send, batch_size=batch_size)
+        ctx.splits = {name: source.splits(partitions) for name, source in self.plan.sources.items()}
+        self.tasks: dict[tuple[int, int], PartitionTask] = {}
+        for stage in self.plan.stages:
+            for p in range(partitions):
+                if self.owners[p] == me:
+                    self.tasks[(stage.id, p)] = PartitionTask(ctx, stage, p)
+        self.total = len(self.plan.stages) * partitions
+        self.reported: set[int] = set()
+
+    def done_indices(self) -> list[int]:
+        return sorted(stage * self.partitions + p
+                      for (stage, p), task in self.tasks.items() if task.done)
+
+
+class Runtime:
+    """This member's worker: flows in, batches through tasks, outputs out."""
+
+    def __init__(self, me: str, partitions: int, replicas: int, store: Store, hooks: Hooks,
+                 batch_size: int = 1000) -> None:
+        self.me, self.partitions, self.replicas = me, partitions, replicas
+        self.store, self.hooks, self.batch_size = store, hooks, batch_size
+        self.flows: dict[str, RunningFlow] = {}
+        self._records: dict[str, FlowRecord] = {}  # name -> latest record seen
+        self._inbox: queue.Queue = queue.Queue()
+        self._thread = threading.Thread(target=self._run, name="gossipflow-runtime", daemon=True)
+        self._running = False
+        self._last_ack: dict[TaskId, float] = {}
+        self._outgoing: dict[str, list[tuple[list, TaskId, str]]] = {}
+        self._ready: dict[TaskId, PartitionTask] = {}
+        """Tasks that may have work: checked, stepped, and kept while they still have."""
+
+    # ------------------------------------------------------------------ from the event loop
+
+    def start(self) -> None:
+        self._running = True
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._running = False
+        self._inbox.put(("stop",))
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+
+    def post(self, *item: Any) -> None:
+        """Hand the worker something to do (thread-safe): ("flow", record),
+        ("data", flow_id, stage, partition, origin, seq, payload, reply),
+        ("ack", task_id, destination, mark)."""
+        self._inbox.put(item)
+
+    # ------------------------------------------------------------------ worker thread
+
+    def _run(self) -> None:
+        next_report = 0.0
+        while self._running:
+            self._drain(block=not self._ready)
+            ready, self._ready = self._ready, {}
+            for task in ready.values():
+                if not self._running:
+                    break
+                if task.runnable() and task.id.flow in self.flows:
+                    self._step(task)
+                if task.runnable():
+                    self._ready[task.id] = task
+            self._flush()
+            now = time.monotonic()
+            if now >= next_report:
+                next_report = now + REPORT_EVERY
+                self._housekeeping(now)
+                self._flush()
+
+    def _drain(self, block: bool) -> None:
+        try:
+            item = self._inbox.get(timeout=REPORT_EVERY) if block else self._inbox.get_nowait()
+        except queue.Empty:
+            return
+        while True:
+            self._handle(item)
+            try:
+                item = self._inbox.get_nowait()
+            except queue.Empty:
+                return
+
+    def _handle(self, item: tuple) -> None:
+        kind = item[0]
+        if kind == "flow":
+            self._on_flow(item[1])
+        elif kind == "data":
+            self._on_data(*item[1:])
+        elif kind == "ack":
+            task_id, dest, mark = item[1:]
+            running = self.flows.get(task_id.flow)
+            task = running and running.tasks.get((task_id.stage, task_id.partition))
+            if task is not None:
+                if mark is not None:
+                    self._last_ack[task_id] = time.monotonic()
+                task.on_ack(dest, mark)
+                self._ready[task.id] = task
+
+    def _on_flow(self, record: FlowRecord) -> None:
+        self._records[record.name] = record
+        for fid in [fid for fid, f in self.flows.items() if f.record.name == record.name]:
+            if fid != flow_id(record) or record.status != "running":
+                log.info("event=flow_stopped member=%s flow=%s status=%s",
+                         self.me, fid, record.status)
+                del self.flows[fid]
+        if record.status != "running" or flow_id(record) in self.flows:
+            return
+        try:
+            running = RunningFlow(record, self.me, self.partitions, self.replicas, self.store,
+                                  self._send, self.batch_size)
+        except (FlowError, GossipflowError, OSError) as err:
+            log.error("event=flow_failed member=%s flow=%s error=%r", self.me, record.name, str(err))
+            self.hooks.failed(record, str(err))
+            return
+        self.flows[running.id] = running
+        log.info("event=flow_started member=%s flow=%s tasks=%d", self.me, running.id,
+                 len(running.tasks))
+        for task in running.tasks.values():
+            task.pump()  # resend what a previous life left in the outbox
+            self._ready[task.id] = task
+
+    def _on_data(self, fid: str, stage: int, partition: int, origin: str, seq: int,
+                 payload: bytes, reply: Callable[[int | None], None]) -> None:
+        running = self.flows.get(fid)
+        task = running and running.tasks.get((stage, partition))
+        if task is None:  # not started here yet (or not ours): the sender retries
+            reply(None)
+            return
+        try:
+            eos, records = decode_batch(payload)
+        except FlowError as err:
+            log.warning("event=bad_batch member=%s flow=%s error=%r", self.me, fid, str(err))
+            reply(None)
+            return
+        task.inbox.append(Inbound(origin, seq, eos, records, reply))
+        self._ready[task.id] = task
+
+    def _step(self, task: PartitionTask) -> None:
+        running = self.flows.get(task.id.flow)
+        if running is None:
+            return
+        try:
+            task.step()
+        except FlowError as err:
+            self._fail(running, f"stage {task.stage.name!r} partition {task.partition}: {err}")
+        except GossipflowError as err:  # e.g. the store is full
+            self._fail(running, f"partition {task.partition}: {err}")
+
+    def _fail(self, running: RunningFlow, error: str) -> None:
+        log.error("event=flow_failed member=%s flow=%s error=%r", self.me, running.id, error)
+        self.flows.pop(running.id, None)
+        self.hooks.failed(running.record, error)
+
+    def _send(self, task_id: TaskId, dest: str, seq: int, payload: bytes) -> None:
+        running = self.flows.get(task_id.flow)
+        if running is None:
+            return
+        stage, partition = (int(x) for x in dest.split("/"))
+        origin = f"{task_id.stage}/{task_id.partition}"
+
+        owner = running.owners[partition]
+        if owner == self.me:
+            self._on_data(running.id, stage, partition, origin, seq, payload,
+                          lambda mark: self.post("ack", task_id, dest, mark))
+        else:
+            self._outgoing.setdefault(owner, []).append(
+                ([running.id, stage, partition, origin, seq, payload], task_id, dest))
+
+    def _flush(self) -> None:
+        """Send what the last steps produced: one message per member."""
+        for member, items in self._outgoing.items():
+            def on_marks(marks: list | None, items: list = items) -> None:
+                if marks is None or len(marks) != len(items):
+                    marks = [None] * len(items)
+                for (_, task_id, dest), mark in zip(items, marks):
+                    self.post("ack", task_id, dest, mark if isinstance(mark, int) else None)
+            self.hooks.send(member, [entry for entry, _, _ in items], on_marks)
+        self._outgoing = {}
+
+    def _housekeeping(self, now: float) -> None:
+        for running in list(self.flows.values()):
+            for task in running.tasks.values():
+                if any(task.pending.values()):
+                    if now - self._last_ack.get(task.id, 0.0) > RESEND_AFTER:
+                        self._last_ack[task.id] = now
+                        task.resend_all()
+                    else:
+                        task.pump()
+            done = running.done_indices()
+            if set(done) != running.reported:
+                running.reported = set(done)
+                self.hooks.progress(running.id, running.total, done)
+
+    def status(self) -> dict[str, Any]:
+        """Per flow, per stage: records in/out and partitions done (approximate, racy read)."""
+        out = {}
+        for fid, running in list(self.flows.items()):
+            stages: dict[str, dict[str, int]] = {}
+            for (stage, _), task in list(running.tasks.items()):
+                s = stages.setdefault(str(stage), {"records_in": 0, "records_out": 0, "done": 0,
+                                              "tasks": 0})
+                s["records_in"] += task.records_in
+                s["records_out"] += task.records_out
+                s["done"] += task.done
+                s["tasks"] += 1
+            out[fid] = stages
+        return out

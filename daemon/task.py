@@ -1,0 +1,317 @@
+"""One partition task: a stage of a flow for one partition, with exactly-once commits.
+
+The loop of a task (DESIGN.md, "The partition task"):
+
+1. take input: a batch read from its source splits at the committed offsets,
+   or the shuffled batches that arrived from upstream tasks, each with
+   ``(origin, sequence)``; a batch at or below the origin's high-water mark
+   is a duplicate and is dropped, one past it is applied, one further on
+   waits for the sender to resend the gap;
+2. run the stage's compiled batch function over it;
+3. commit, in one LMDB transaction (:class:`~daemon.store.Commit`): changed
+   keyed state, table rows, offsets / marks, and every output bound
+   downstream appended to the outbox with its own sequence number;
+4. only then send the outbox entries (and acknowledge the inputs); an entry
+   is deleted (in a later commit) once its receiver acknowledges it.
+
+After a crash the task reloads state, offsets, marks and outbox from the
+store and resends the outbox with the same sequence numbers; receivers drop
+what they already applied. Every record is therefore applied exactly once.
+
+End of stream is an outbox entry like any other: a task that has read all
+its splits, or holds end-of-stream from every upstream task, sends it to
+every downstream partition and is done once those entries are acknowledged.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import msgpack
+
+from nodes.errors import FlowError
+from nodes.plan import Plan, Stage, route
+from nodes.sinks import FilesSink, TableSink
+
+from .store import Commit, Store, TaskId
+
+log = logging.getLogger("gossipflow.task")
+
+WINDOW = 8
+"""Unacknowledged batches in flight per destination (credit-based backpressure)."""
+MAX_PENDING = 64
+"""A source stops reading while this many outbox entries await acknowledgement."""
+STATE, TABLE = b"s", b"t"
+EOS_SENT = "eos"
+
+
+def pack(value: Any) -> bytes:
+    return msgpack.packb(value, use_bin_type=True)
+
+
+def unpack(data: bytes) -> Any:
+    return msgpack.unpackb(data, raw=False, use_list=False, strict_map_key=False)
+
+
+def origin_id(stage: int, partition: int) -> str:
+    return f"{stage}/{partition}"
+
+
+def table_key(sink: str, key: Any) -> bytes:
+    """The state key of a table row: prefix, sink name, NUL, msgpack of the key."""
+    return TABLE + sink.encode() + b"\x00" + pack(key)
+
+
+@dataclass
+class Inbound:
+    """A shuffled batch waiting to be applied."""
+
+    origin: str
+    seq: int
+    eos: bool
+    records: list
+    reply: Callable[[int], None]
+
+
+@dataclass
+class FlowContext:
+    """What every task of one running flow shares."""
+
+    flow_id: str
+    plan: Plan
+    partitions: int
+    store: Store
+    send: Callable[[TaskId, str, int, bytes], None]
+    """send(from task, destination "stage/partition", seq, payload): hand to the network."""
+    splits: dict[str, list] = field(default_factory=dict)
+    batch_size: int = 1000
+
+
+class PartitionTask:
+    """Stage ``stage`` of a flow for partition ``partition``, resumed from the store."""
+
+    def __init__(self, ctx: FlowContext, stage: Stage, partition: int) -> None:
+        self.ctx, self.stage, self.partition = ctx, stage, partition
+        self.id = TaskId(ctx.flow_id, stage.id, partition)
+        store = ctx.store
+        self.number = store.task_meta(self.id).last
+        self.offsets = {k: unpack(v) for k, v in store.offsets(self.id).items()}
+        self.marks = store.marks(self.id)
+        self.state: dict | None = None
+        if stage.head is not None:
+            self.state = {unpack(k[1:]): unpack(v)
+                          for k, v in store.iter_state(self.id) if k[:1] == STATE}
+        self.next_seq = store.next_sequences(self.id)
+        self.pending: dict[str, deque[tuple[int, bytes]]] = {}
+        for dest, seq, payload in store.outbox(self.id):
+            self.pending.setdefault(dest, deque()).append((seq, payload))
+        self.sent: dict[str, int] = {}  # destination -> highest sequence sent, not yet acked
+        self.acked: list[tuple[str, int]] = []  # outbox entries to delete in the next commit
+        self.inbox: deque[Inbound] = deque()
+        self.upstream = {origin_id(u, p) for u in stage.inputs for p in range(ctx.partitions)}
+        self.waiting = {o for o in self.upstream if not self.offsets.get(f"eos:{o}")}
+        """Upstream tasks whose end of stream has not arrived yet."""
+        self.records_in = self.records_out = 0
+        self.unread = []
+        """Indices of this task's source splits not read to the end yet."""
+        if stage.kind == "source":
+            splits = ctx.splits[stage.source]
+            self.unread = [i for i in range(len(splits)) if i % ctx.partitions == partition
+                           and not self.offsets.get(f"d{i}")]
+
+    # ------------------------------------------------------------------ progress
+
+    @property
+    def input_done(self) -> bool:
+        return not self.unread and not self.waiting
+
+    @property
+    def done(self) -> bool:
+        """All input consumed, end-of-stream sent, and every output acknowledged."""
+        return bool(self.offsets.get(EOS_SENT)) and not any(self.pending.values())
+
+    def runnable(self) -> bool:
+        if self.acked:
+            return True
+        if self.offsets.get(EOS_SENT):
+            return False
+        if self.input_done:
+            return True
+        if self.stage.kind == "source":
+            return sum(map(len, self.pending.values())) < MAX_PENDING
+        return bool(self.inbox)
+
+    # ------------------------------------------------------------------ one step
+
+    def step(self) -> None:
+        """Consume one unit of input (if any), commit, send. Raises FlowError from user code."""
+        commit = Commit(self.id, 0, self.number + 1, outbox_deletes=self.acked)
+        replies: list[tuple[Callable[[int], None], int]] = []
+        out = self.stage.outbox()
+        if self.offsets.get(EOS_SENT):
+            pass  # only acknowledged outbox entries to delete
+        elif self.stage.kind == "source":
+            self._read_source(out, commit)
+        else:
+            self._take_inbox(out, commit, replies)
+        self._emit(out, commit)
+        if not self.offsets.get(EOS_SENT) and self.input_done:
+            self._end_of_stream(commit)  # after the last data, so it gets the last sequences
+        self.acked = []
+        if commit.state_puts or commit.state_deletes or commit.offsets or commit.marks \
+                or commit.outbox_puts or commit.outbox_deletes:
+            self._commit(commit)
+        for reply, mark in replies:
+            reply(mark)
+        self.pump()
+
+    def _commit(self, commit: Commit) -> None:
+        self.ctx.store.apply(commit)
+        self.number = commit.number
+        for dest, seq in commit.outbox_deletes:
+            queue = self.pending.get(dest)
+            while queue and queue[0][0] <= seq:
+                queue.popleft()
+        for dest, seq, payload in commit.outbox_puts:
+            self.pending.setdefault(dest, deque()).append((seq, payload))
+
+    def _read_source(self, out: Any, commit: Commit) -> None:
+        if not self.unread:
+            return
+        i = self.unread[0]
+        source = self.ctx.plan.sources[self.stage.source]
+        records, offset, done = source.read(self.ctx.splits[self.stage.source][i],
+                                            self.offsets.get(f"o{i}"), self.ctx.batch_size)
+        self.stage.feed(records, None, out)
+        self.records_in += len(records)
+        self.offsets[f"o{i}"], self.offsets[f"d{i}"] = offset, done
+        commit.offsets.update({f"o{i}": pack(offset), f"d{i}": pack(done)})
+        if done:
+            self.unread.pop(0)
+
+    def _take_inbox(self, out: Any, commit: Commit,
+                    replies: list[tuple[Callable[[int], None], int]]) -> None:
+        taken = 0
+        while self.inbox and taken < self.ctx.batch_size * 10:
+            batch = self.inbox.popleft()
+            mark = self.marks.get(batch.origin, 0)
+            if batch.seq == mark + 1:
+                if batch.records:
+                    self.stage.feed(batch.records, self.state, out)
+                self.records_in += len(batch.records)
+                taken += len(batch.records) + 1
+                self.marks[batch.origin] = commit.marks[batch.origin] = batch.seq
+                if batch.eos:
+                    self.waiting.discard(batch.origin)
+                    self.offsets[f"eos:{batch.origin}"] = True
+                    commit.offsets[f"eos:{batch.origin}"] = pack(True)
+            replies.append((batch.reply, self.marks.get(batch.origin, 0)))
+        for key in out.touched:
+            if key in self.state:
+                commit.state_puts[STATE + pack(key)] = pack(self.state[key])
+            else:
+                commit.state_deletes.append(STATE + pack(key))
+
+    def _end_of_stream(self, commit: Commit) -> None:
+        for target in self.stage.outputs:
+            if isinstance(target, int):
+                for q in range(self.ctx.partitions):
+                    self._append(commit, origin_id(target, q), True, [])
+        self.offsets[EOS_SENT] = True
+        commit.offsets[EOS_SENT] = pack(True)
+
+    def _emit(self, out: Any, commit: Commit) -> None:
+        for target, records in out.drain().items():
+            self.records_out += len(records)
+            if isinstance(target, int):
+                for q, part in enumerate(route(records, self.ctx.partitions)):
+                    if part:
+                        self._append(commit, origin_id(target, q), False, part)
+            else:
+                self._sink(target, records, commit)
+
+    def _append(self, commit: Commit, dest: str, eos: bool, records: list) -> None:
+        seq = max(self.next_seq.get(dest, 1), 1)
+        self.next_seq[dest] = seq + 1
+        commit.outbox_puts.append((dest, seq, pack([eos, records])))
+
+    def _sink(self, name: str, records: list, commit: Commit) -> None:
+        sink = self.ctx.plan.sinks[name]
+        if isinstance(sink, TableSink):
+            for key, value in records:
+                commit.state_puts[table_key(name, key)] = pack(value)
+        elif isinstance(sink, FilesSink):
+            self._append_file(name, sink, records, commit)
+        # publish: live stream, delivered by the runtime after the commit (not stored)
+
+    def _append_file(self, name: str, sink: FilesSink, records: list, commit: Commit) -> None:
+        """Append to this partition's file; the committed length makes it exactly-once."""
+        path = sink.file_for(self.partition)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        length_key = f"f:{name}"
+        committed = self.offsets.get(length_key, 0)
+        data = sink.encode(records)
+        with open(path, "ab") as f:
+            f.truncate(committed)  # drop what a crash left after the last commit
+            f.seek(committed)
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        self.offsets[length_key] = committed + len(data)
+        commit.offsets[length_key] = pack(committed + len(data))
+
+    # ------------------------------------------------------------------ network
+
+    def pump(self) -> None:
+        """Send outbox entries up to the window of each destination."""
+        for dest, queue in self.pending.items():
+            sent = self.sent.get(dest, 0)
+            budget = WINDOW - sum(1 for seq, _ in queue if seq <= sent)
+            for seq, payload in queue:
+                if budget <= 0:
+                    break
+                if seq > sent:
+                    self.ctx.send(self.id, dest, seq, payload)
+                    self.sent[dest] = sent = seq
+                    budget -= 1
+
+    def on_ack(self, dest: str, mark: int | None) -> None:
+        """The receiver's high-water mark for us (None: no answer, resend later)."""
+        queue = self.pending.get(dest)
+        if mark is None:
+            self.sent[dest] = min(self.sent.get(dest, 0), queue[0][0] - 1 if queue else 0)
+            return
+        if queue and queue[0][0] <= mark:
+            last = max(seq for seq, _ in queue if seq <= mark)
+            if not any(d == dest and s >= last for d, s in self.acked):
+                self.acked.append((dest, last))
+        if mark < self.sent.get(dest, 0) and queue and queue[-1][0] > mark:
+            # the receiver lacks something we sent (lost or refused): resend from its mark
+            self.sent[dest] = mark
+
+    def resend_all(self) -> None:
+        """Forget what is in flight and send again (after a timeout or a peer's restart)."""
+        self.sent.clear()
+        self.pump()
+
+    def status(self) -> dict[str, Any]:
+        return {"stage": self.stage.id, "partition": self.partition, "done": self.done,
+                "records_in": self.records_in, "records_out": self.records_out,
+                "pending": sum(map(len, self.pending.values()))}
+
+
+def decode_batch(payload: bytes) -> tuple[bool, list]:
+    """(end of stream, records) of an outbox payload.
+
+    Raises:
+        FlowError: the payload is not a batch.
+    """
+    try:
+        eos, records = unpack(payload)
+    except (ValueError, TypeError, msgpack.UnpackException) as err:
+        raise FlowError(f"received a batch that does not decode: {err}") from err
+    return bool(eos), list(records)
