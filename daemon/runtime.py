@@ -270,7 +270,8 @@ class Runtime:
             stages: dict[str, dict[str, int]] = {}
             for (stage, _), task in list(running.tasks.items()):
                 s = stages.setdefault(str(stage), {"records_in": 0, "records_out": 0, "done": 0,
-                                              "tasks": 0})
+                                                   "tasks": 0, "unacked": 0})
+                s["unacked"] += sum(map(len, task.pending.values()))
                 s["records_in"] += task.records_in
                 s["records_out"] += task.records_out
                 s["done"] += task.done

@@ -1,29 +1,28 @@
 """The LMDB store under every partition task: one commit = one write transaction.
 
-A :class:`Commit` is the write-set of one partition-task commit (changed keyed
-state, source offsets, upstream high-water marks, outbox puts and acks). It is
-applied in one LMDB write transaction, so a crash leaves all of it or none, and
-it is plain msgpack (``to_bytes``) so replication ships the same object.
+A :class:`Commit` is the write-set of one partition-task commit: changed state,
+source offsets, upstream high-water marks, outbox puts and acks. ``apply`` writes
+it in one LMDB transaction, so a crash leaves all of it or none; it is plain
+msgpack (``to_bytes``), so replication ships the same object to replicas.
 
-Key layout: named databases whose keys start with the task prefix
-``flow UTF-8 | 0x00 | stage u32 BE | partition u32 BE``. It sorts like the
-TaskId tuple and no prefix is a prefix of another, so one task's data is one
-contiguous range (snapshot and drop are range scans)::
+Key layout: every key of a task starts with ``flow UTF-8 | 0x00 | stage u32 BE |
+partition u32 BE``, which sorts like the TaskId tuple and is prefix-free, so a
+task's data is one contiguous range in each named database (snapshot and drop
+are range scans)::
 
-    state      prefix + user key               -> value
-    offsets    prefix + split id               -> opaque offset
-    marks      prefix + origin id              -> u64 BE highest sequence applied
-    outbox     prefix + dest + 0x00 + u64 BE   -> payload
-    sequences  prefix + dest                   -> u64 BE next outbox sequence
-    taskmeta   prefix                          -> u64 BE last number, epoch, promise
-    meta       UTF-8 key                       -> daemon-wide record
+    state      prefix + user key             -> value
+    offsets    prefix + split id             -> offset bytes
+    marks      prefix + origin id            -> u64 BE highest sequence applied
+    outbox     prefix + dest + 0x00 + u64 BE -> payload
+    sequences  prefix + dest                 -> u64 BE next outbox sequence
+    taskmeta   prefix                        -> u64 BE last number, epoch, promise
+    meta       UTF-8 key                     -> daemon-wide record
 
-Threading: one Store per path (an flock refuses a second, in this or another
-process); writes are serialised by a lock; reads may come from any thread.
-LMDB allows ``set_mapsize`` only while this process has no live transaction,
-so reads pass a gate that map growth closes and drains first, and no read
-keeps a transaction across a yield to the caller (``iter_state`` reads by
-pages, ``snapshot`` reads eagerly).
+Threading: one Store per path (an flock refuses a second, in any process);
+writes are serialised by a lock; reads may come from any thread. LMDB allows
+``set_mapsize`` only while the process has no live transaction, so reads pass a
+gate that map growth closes and drains first, and no read keeps a transaction
+across a yield to its caller (``iter_state`` reads by pages, ``snapshot`` eagerly).
 
 Example:
     >>> import tempfile
@@ -58,15 +57,11 @@ from .errors import (CommitGapError, ConfigError, DecodeError, InvalidCommitErro
 
 log = logging.getLogger("gossipflow.store")
 T = TypeVar("T")
-
-FORMAT = 1  # on-disk, snapshot and Commit layout version; bump on incompatible change
-_FORMAT_KEY = b"\x00format"  # in meta; put_meta keys cannot start with NUL
+FORMAT = 1  # of the files, snapshots and Commit bytes; bump on incompatible change
+_FORMAT_KEY = b"\x00format"  # in meta (put_meta keys cannot start with NUL)
 _TASK_DBS = ("state", "offsets", "marks", "outbox", "sequences", "taskmeta")
 _U64, _META, _IDS = struct.Struct(">Q"), struct.Struct(">QQQ"), struct.Struct(">II")
-_SNAPSHOT = "gossipflow.snapshot"
-_CHUNK_BYTES = 1 << 20  # snapshot chunk size (before msgpack framing)
-_PAGE = 1024  # iter_state entries per read transaction
-_MAX_READERS = 126  # concurrent read transactions (LMDB's default)
+_SNAPSHOT, _CHUNK_BYTES, _PAGE = "gossipflow.snapshot", 1 << 20, 1024
 
 
 class TaskId(NamedTuple):
@@ -78,7 +73,7 @@ class TaskId(NamedTuple):
 
 
 class TaskMeta(NamedTuple):
-    """What the store knows of a task's commit log (all 0 for an unknown task)."""
+    """A task's commit log position; all 0 for an unknown task."""
 
     last: int  # number of the last applied commit
     epoch: int  # epoch of that commit
@@ -86,7 +81,7 @@ class TaskMeta(NamedTuple):
 
 
 def task_prefix(task: TaskId) -> bytes:
-    """The order-preserving, prefix-free key prefix of ``task``.
+    """Returns the key prefix of ``task`` (see the module docstring).
 
     Raises:
         ValueError: the flow name holds NUL, or stage/partition is not in 0..2**32-1.
@@ -101,18 +96,21 @@ def task_prefix(task: TaskId) -> bytes:
 
 
 def _id(name: str) -> bytes:
-    raw = name.encode()
-    if b"\x00" in raw:
-        raise InvalidCommitError(f"id {name!r} holds a NUL character; ids are NUL-free strings")
-    return raw
+    if "\x00" in name:
+        raise InvalidCommitError(f"id {name!r} holds a NUL character; ids are NUL-free")
+    return name.encode()
+
+
+def _all(values: Iterable[Any], kind: type) -> bool:
+    return set(map(type, values)) <= {kind}  # C-speed type check of a whole batch
 
 
 @dataclass(slots=True)
 class Commit:
     """The write-set of one partition-task commit; msgpack-serialisable.
 
-    Within a commit, deletes are applied before puts (a key in both ends up put).
-    Outbox sequences must be at or above ``Store.next_sequences`` for their destination.
+    Deletes are applied before puts (a key in both ends up put). Outbox sequences
+    must not be below ``Store.next_sequences`` for their destination.
     """
 
     task: TaskId
@@ -126,7 +124,7 @@ class Commit:
     outbox_deletes: list[tuple[str, int]] = field(default_factory=list)  # acknowledged
 
     def to_bytes(self) -> bytes:
-        """Returns the commit as msgpack bytes (read back with :meth:`from_bytes`)."""
+        """Returns the commit as msgpack bytes, read back by :meth:`from_bytes`."""
         return msgpack.packb([FORMAT, tuple(self.task), self.epoch, self.number,
                               self.state_puts, self.state_deletes, self.offsets, self.marks,
                               self.outbox_puts, self.outbox_deletes], use_bin_type=True)
@@ -136,72 +134,55 @@ class Commit:
         """Decodes and type-checks bytes from :meth:`to_bytes` (possibly from the network).
 
         Raises:
-            DecodeError: not msgpack, another format version, or a field of the wrong type.
+            DecodeError: not msgpack, another format, or a field of the wrong type.
         """
         try:
             fmt, task, epoch, number, sp, sd, off, marks, op, od = msgpack.unpackb(data)
             c = cls(TaskId(*task), epoch, number, sp, sd, off, marks,
                     [tuple(e) for e in op], [tuple(e) for e in od])
-            ok = (fmt == FORMAT and type(c.task.flow) is str and type(c.task.stage) is int
-                  and type(c.task.partition) is int and type(epoch) is int
-                  and type(number) is int and type(sp) is dict and type(off) is dict
-                  and type(marks) is dict
-                  and all(type(k) is bytes and type(v) is bytes for k, v in sp.items())
-                  and all(type(k) is bytes for k in sd)
-                  and all(type(k) is str and type(v) is bytes for k, v in off.items())
-                  and all(type(k) is str and type(v) is int for k, v in marks.items())
-                  and all(len(e) == 3 and type(e[0]) is str and type(e[1]) is int
-                          and type(e[2]) is bytes for e in c.outbox_puts)
-                  and all(len(e) == 2 and type(e[0]) is str and type(e[1]) is int
-                          for e in c.outbox_deletes))
-        except (ValueError, TypeError) as err:
+            ok = (fmt == FORMAT and list(map(type, task)) == [str, int, int]
+                  and _all((epoch, number), int) and _all(sp, bytes)
+                  and _all(sp.values(), bytes) and _all(sd, bytes) and _all(off, str)
+                  and _all(off.values(), bytes) and _all(marks, str)
+                  and _all(marks.values(), int)
+                  and all(list(map(type, e)) == [str, int, bytes] for e in c.outbox_puts)
+                  and all(list(map(type, e)) == [str, int] for e in c.outbox_deletes))
+        except (ValueError, TypeError, AttributeError) as err:
             raise DecodeError(f"not a commit: {err}") from err
         if not ok:
             raise DecodeError(f"not a commit of format {FORMAT}: a field has the wrong type")
         return c
 
-    def size(self) -> int:
-        """Returns the payload bytes of the commit (an estimate of the disk it needs)."""
-        return (sum(len(k) + len(v) for k, v in self.state_puts.items())
-                + sum(len(v) + 64 for v in self.offsets.values())
-                + sum(len(e[2]) + 64 for e in self.outbox_puts) + 4096)
-
 
 class _Gate:
-    """Reads run together; map growth (set_mapsize) runs alone, with no read in flight."""
+    """Reads run together; map growth and aborts run alone, with no read in flight."""
 
     def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._readers = 0
-        self._closed = False
+        self._cond, self._readers, self._shut = threading.Condition(), 0, False
 
     @contextmanager
     def shared(self) -> Iterator[None]:
         with self._cond:
-            while self._closed:
-                self._cond.wait()
+            self._cond.wait_for(lambda: not self._shut)
             self._readers += 1
         try:
             yield
         finally:
             with self._cond:
                 self._readers -= 1
-                if not self._readers:
-                    self._cond.notify_all()
+                self._cond.notify_all()
 
     @contextmanager
     def exclusive(self) -> Iterator[None]:
         with self._cond:
-            while self._closed:
-                self._cond.wait()
-            self._closed = True
-            while self._readers:
-                self._cond.wait()
+            self._cond.wait_for(lambda: not self._shut)
+            self._shut = True
+            self._cond.wait_for(lambda: not self._readers)
         try:
             yield
         finally:
             with self._cond:
-                self._closed = False
+                self._shut = False
                 self._cond.notify_all()
 
 
@@ -210,11 +191,10 @@ class Store:
 
     Args:
         path: directory of the environment (created if missing).
-        map_size: initial map size in bytes; grows by doubling when a write needs it.
-        sync: fsync at every commit (durable against power loss); False survives
-            process crashes only, for tests and benchmarks.
-        max_map_size: the map never grows past this (virtual address space, not disk);
-            beyond it a write raises StoreFullError.
+        map_size: initial map size in bytes; doubles whenever a write needs more.
+        sync: fsync every commit (durable against power loss); False survives
+            process crashes only.
+        max_map_size: the map never grows past this (address space, not disk).
 
     Raises:
         ConfigError: map_size not in 1..max_map_size.
@@ -224,9 +204,8 @@ class Store:
     def __init__(self, path: str | Path, map_size: int = 64 << 20, sync: bool = True,
                  max_map_size: int = 1 << 40) -> None:
         if not 0 < map_size <= max_map_size:
-            raise ConfigError(f"map_size must be in 1..max_map_size={max_map_size}, "
-                              f"not {map_size}")
-        self.path, self._max_map_size = Path(path), max_map_size
+            raise ConfigError(f"map_size must be in 1..{max_map_size}, not {map_size}")
+        self.path, self._max_map_size, self._closed = Path(path), max_map_size, False
         self._gate, self._wlock = _Gate(), threading.Lock()
         try:
             self.path.mkdir(parents=True, exist_ok=True)
@@ -236,42 +215,35 @@ class Store:
                              f"({err.strerror}); pass a directory path") from err
         try:
             fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            self._env = self._open(map_size, sync)
+            self._open(map_size, sync)
         except BaseException as err:
             os.close(self._lock)
             if isinstance(err, BlockingIOError):
                 raise StoreError(f"{self.path}: already open by another Store or process; "
                                  "stop it or give this daemon its own --data-dir") from err
             raise
-        self._closed = False
 
-    def _open(self, map_size: int, sync: bool) -> lmdb.Environment:
+    def _open(self, map_size: int, sync: bool) -> None:
         env = None
         try:
             env = lmdb.open(str(self.path), map_size=map_size, max_dbs=len(_TASK_DBS) + 1,
                             subdir=True, sync=sync, metasync=sync, writemap=False,
-                            max_readers=_MAX_READERS)
+                            max_readers=126)
             fresh = env.stat()["entries"] == 0  # the main db lists the named dbs
             with env.begin(write=True) as txn:
-                dbs = [env.open_db(n.encode(), txn=txn, create=fresh) for n in _TASK_DBS]
-                self._meta = env.open_db(b"meta", txn=txn, create=fresh)
-                fmt = txn.get(_FORMAT_KEY, db=self._meta)
+                dbs = [env.open_db(n.encode(), txn=txn, create=fresh)
+                       for n in _TASK_DBS + ("meta",)]
                 if fresh:
-                    txn.put(_FORMAT_KEY, _U64.pack(FORMAT), db=self._meta)
-                elif fmt != _U64.pack(FORMAT):
-                    found = "no gossipflow format mark" if fmt is None else "another format"
-                    raise StoreError(f"{self.path}: not a gossipflow store of format {FORMAT} "
-                                     f"({found}); use an empty directory")
-        except BaseException as err:
+                    txn.put(_FORMAT_KEY, _U64.pack(FORMAT), db=dbs[-1])
+                elif txn.get(_FORMAT_KEY, db=dbs[-1]) != _U64.pack(FORMAT):
+                    raise lmdb.IncompatibleError(f"no gossipflow format-{FORMAT} mark")
+        except lmdb.Error as err:
             if env is not None:
                 env.close()
-            if isinstance(err, lmdb.Error):
-                raise StoreError(f"{self.path}: not a usable gossipflow store ({err}); "
-                                 "use an empty directory or one written by gossipflow") from err
-            raise
-        self._task_dbs = dbs
-        self._state, self._offsets, self._marks, self._outbox, self._seqs, self._tmeta = dbs
-        return env
+            raise StoreError(f"{self.path}: not a usable gossipflow store ({err}); "
+                             "use an empty directory or one written by gossipflow") from err
+        self._env, self._task_dbs, self._meta = env, dbs[:-1], dbs[-1]
+        self._state, self._offsets, self._marks, self._outbox, self._seqs, self._tmeta = dbs[:-1]
 
     def __enter__(self) -> Store:
         return self
@@ -301,27 +273,39 @@ class Store:
             except lmdb.Error as err:
                 raise StoreError(f"{self.path}: read failed: {err}") from err
 
-    def _write(self, fn: Callable[[lmdb.Transaction], T], need: Callable[[], int]) -> T:
-        """Runs fn in one write transaction, growing the map and retrying on MapFullError."""
+    def _write(self, fn: Callable[[lmdb.Transaction], T], need: int = 0) -> T:
+        """Runs fn in one write transaction; grows the map and retries on MapFullError."""
         with self._wlock:
             while True:
                 try:
-                    with self._env.begin(write=True, buffers=False) as txn:
-                        return fn(txn)
+                    return self._attempt(fn)
                 except lmdb.MapFullError:
                     self._grow()
                 except (lmdb.BadValsizeError, struct.error, TypeError) as err:
                     raise InvalidCommitError(
-                        f"{self.path}: a key is empty or longer than "
-                        f"{self._env.max_key_size()} bytes with its task prefix, a number is "
-                        f"outside 0..2**64-1, or a field has the wrong type ({err})") from err
+                        f"{self.path}: a key is empty or longer than {self._env.max_key_size()}"
+                        " bytes with its task prefix, a number is outside 0..2**64-1, or a "
+                        f"field has the wrong type ({err})") from err
                 except (lmdb.Error, OSError) as err:
-                    if self._disk_full(err, need()):
+                    if self._disk_full(err, need):
                         raise StoreFullError(
                             f"{self.path}: disk full ({err}); the commit was aborted and the "
                             "store is intact. Free space on that file system or move the data "
                             "directory to a larger one, then retry") from err
                     raise StoreError(f"{self.path}: write failed: {err}") from err
+
+    def _attempt(self, fn: Callable[[lmdb.Transaction], T]) -> T:
+        txn = self._env.begin(write=True, buffers=False)
+        try:
+            result = fn(txn)
+        except BaseException:
+            # py-lmdb 3 makes a write abort wait until no LMDB call is in flight on any
+            # thread, which busy readers can put off forever: drain and hold readers first.
+            with self._gate.exclusive():
+                txn.abort()
+            raise
+        txn.commit()  # if this fails, LMDB has freed the transaction
+        return result
 
     def _grow(self) -> None:
         size = self._env.info()["map_size"]
@@ -331,16 +315,15 @@ class Store:
                 "was aborted and the store is intact. Raise max_map_size or move partitions "
                 "to other members")
         new = min(size * 2, self._max_map_size)
-        with self._gate.exclusive():  # no read transaction of this process is live here
+        with self._gate.exclusive():  # no transaction of this process is live here
             self._env.set_mapsize(new)
         log.info("event=store_map_grown path=%s from=%d to=%d", self.path, size, new)
 
     def _disk_full(self, err: Exception, need: int) -> bool:
-        text = str(err)
-        if getattr(err, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or "No space" in text:
+        if getattr(err, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or "No space" in str(err):
             return True
         # LMDB 0.9 reports a short pwrite, the usual face of a full disk, as EIO.
-        if "Input/output error" in text or isinstance(err, lmdb.DiskError):
+        if "Input/output error" in str(err) or isinstance(err, lmdb.DiskError):
             st = os.statvfs(self.path)
             return st.f_bavail * st.f_frsize < 2 * need + (1 << 20)
         return False
@@ -348,7 +331,7 @@ class Store:
     @staticmethod
     def _range(txn: lmdb.Transaction, db: Any, prefix: bytes,
                start: bytes = b"") -> Iterator[tuple[bytes, bytes]]:
-        """Yields (key without prefix, value) for the keys >= prefix + start under prefix."""
+        """Yields (key without prefix, value) from prefix + start while under prefix."""
         cur, n = txn.cursor(db=db), len(prefix)
         if cur.set_range(prefix + start):
             for k, v in cur:
@@ -360,7 +343,7 @@ class Store:
         """Applies one commit atomically and records its number and epoch.
 
         Returns:
-            True if applied; False if a commit of that number was already applied (no-op).
+            True if applied; False if a commit of that number was applied before (no-op).
 
         Raises:
             StaleEpochError: commit.epoch is below the task's promise or last epoch.
@@ -382,11 +365,10 @@ class Store:
             if c.number != last + 1:
                 raise CommitGapError(f"task {c.task}: commit {c.number} does not follow the "
                                      f"last applied commit {last}; send {last + 1} first")
-            state = self._state
             for k in c.state_deletes:
-                txn.delete(p + k, db=state)
+                txn.delete(p + k, db=self._state)
             if c.state_puts:
-                txn.cursor(db=state).putmulti([(p + k, v) for k, v in c.state_puts.items()])
+                txn.cursor(db=self._state).putmulti([(p + k, v) for k, v in c.state_puts.items()])
             for split, offset in c.offsets.items():
                 txn.put(p + _id(split), offset, db=self._offsets)
             for origin, mark in c.marks.items():
@@ -395,14 +377,13 @@ class Store:
                 txn.delete(p + _id(dest) + b"\x00" + _U64.pack(seq), db=self._outbox)
             nexts: dict[str, int] = {}
             for dest, seq, payload in c.outbox_puts:
-                nxt = nexts.get(dest)
-                if nxt is None:
+                if dest not in nexts:
                     raw = txn.get(p + _id(dest), db=self._seqs)
-                    nxt = _U64.unpack(raw)[0] if raw else 0
-                if seq < nxt:
+                    nexts[dest] = _U64.unpack(raw)[0] if raw else 0
+                if seq < nexts[dest]:
                     raise InvalidCommitError(
                         f"task {c.task}: outbox sequence {seq} to {dest!r} is below the next "
-                        f"sequence {nxt}; take sequences from next_sequences()")
+                        f"sequence {nexts[dest]}; take sequences from next_sequences()")
                 txn.put(p + _id(dest) + b"\x00" + _U64.pack(seq), payload, db=self._outbox)
                 nexts[dest] = seq + 1
             for dest, nxt in nexts.items():
@@ -410,14 +391,14 @@ class Store:
             txn.put(p, _META.pack(c.number, c.epoch, promised), db=self._tmeta)
             return True
 
-        return self._write(write, c.size)
+        return self._write(write, sum(map(len, c.state_puts.values())) + 24 * len(c.state_puts))
 
     def set_promise(self, task: TaskId, epoch: int) -> bool:
-        """Promises not to accept commits of ``task`` from epochs below ``epoch``.
+        """Promises to refuse commits of ``task`` from epochs below ``epoch``.
 
         Returns:
             True if the promise now stands at ``epoch``; False (unchanged) if a higher
-            epoch was already promised or committed.
+            epoch was promised or committed already.
         """
         p = task_prefix(task)
 
@@ -429,7 +410,7 @@ class Store:
             txn.put(p, _META.pack(last, ep, epoch), db=self._tmeta)
             return True
 
-        return self._write(write, lambda: 4096)
+        return self._write(write)
 
     def task_meta(self, task: TaskId) -> TaskMeta:
         """Returns the task's last commit number, its epoch and the promised epoch."""
@@ -449,11 +430,10 @@ class Store:
 
     def iter_state(self, task: TaskId, start: bytes = b"",
                    limit: int | None = None) -> Iterator[tuple[bytes, bytes]]:
-        """Yields (key, value) in key order from ``start``, at most ``limit`` of them.
+        """Yields up to ``limit`` (key, value) pairs in key order, from ``start`` on.
 
-        Reads pages of 1024 entries, one transaction each: every page is consistent,
-        the whole scan is not (use snapshot for that). Holds no transaction between
-        yields, so it never blocks writes or map growth.
+        Reads pages of 1024 in one transaction each: each page is consistent, the scan
+        is not (use snapshot for that), and no transaction is held between yields.
         """
         p, left = task_prefix(task), limit
         while left is None or left > 0:
@@ -463,8 +443,7 @@ class Store:
             yield from page
             if len(page) < n:
                 return
-            left = None if left is None else left - n
-            start = page[-1][0] + b"\x00"  # the smallest key after the last one
+            left, start = None if left is None else left - n, page[-1][0] + b"\x00"
 
     def offsets(self, task: TaskId) -> dict[str, bytes]:
         """Returns the committed offset of each source split of a task."""
@@ -478,11 +457,11 @@ class Store:
                     for k, v in self._range(txn, self._marks, task_prefix(task))}
 
     def outbox(self, task: TaskId, destination: str | None = None) -> list[tuple[str, int, bytes]]:
-        """Returns pending outbox entries (destination, sequence, payload), in that order."""
-        p = task_prefix(task)
+        """Returns the pending outbox entries (destination, sequence, payload), sorted."""
         sub = b"" if destination is None else _id(destination) + b"\x00"
         with self._read() as txn:
-            entries = [(sub + k, v) for k, v in self._range(txn, self._outbox, p + sub)]
+            entries = [(sub + k, v) for k, v in
+                       self._range(txn, self._outbox, task_prefix(task) + sub)]
         return [(k[:-9].decode(), _U64.unpack(k[-8:])[0], v) for k, v in entries]
 
     def next_sequences(self, task: TaskId) -> dict[str, int]:
@@ -492,16 +471,16 @@ class Store:
                     for k, v in self._range(txn, self._seqs, task_prefix(task))}
 
     def tasks(self) -> list[TaskId]:
-        """Returns every task with a commit or a promise here, in key order."""
+        """Returns every task with a commit or a promise here, in TaskId order."""
         with self._read() as txn:
             keys = [k for k, _ in self._range(txn, self._tmeta, b"")]
         return [TaskId(k[:-9].decode(), *_IDS.unpack(k[-8:])) for k in keys]
 
     def snapshot(self, task: TaskId) -> Iterator[bytes]:
-        """Returns msgpack chunks (about 1 MiB each) of all of one task's data, meta included.
+        """Returns msgpack chunks (about 1 MiB each) of all of a task's data and meta.
 
-        Read eagerly in one transaction, so the snapshot is consistent at one commit;
-        it costs the task's data size in memory (the runtime holds the state anyway).
+        Read eagerly in one transaction, so consistent at one commit; costs the task's
+        data size in memory (the runtime holds its state in memory anyway).
         """
         p = task_prefix(task)
         chunks, total = [msgpack.packb([_SNAPSHOT, FORMAT, tuple(task)])], 0
@@ -510,21 +489,20 @@ class Store:
                 pairs, size = [], 0
                 for pair in self._range(txn, db, p):
                     pairs.append(pair)
-                    size += len(pair[0]) + len(pair[1]) + 8
+                    size += len(pair[0]) + len(pair[1])
                     if size >= _CHUNK_BYTES:
                         chunks.append(msgpack.packb([name, pairs]))
                         total, pairs, size = total + len(pairs), [], 0
                 if pairs:
                     chunks.append(msgpack.packb([name, pairs]))
                     total += len(pairs)
-        chunks.append(msgpack.packb(["end", total]))
-        return iter(chunks)
+        return iter(chunks + [msgpack.packb(["end", total])])
 
     def restore(self, task: TaskId, chunks: Iterable[bytes]) -> None:
-        """Replaces all of the task's data with a snapshot of it, in one transaction.
+        """Replaces all of a task's data with a snapshot of it, in one transaction.
 
         Raises:
-            StoreError: the chunks are not a complete snapshot of ``task`` (nothing written).
+            StoreError: the chunks are not a complete snapshot of ``task``; nothing written.
             StoreFullError: as for apply.
         """
         p, parts, count, size = task_prefix(task), [], -1, 0
@@ -553,12 +531,12 @@ class Store:
             for db, pairs in parts:
                 txn.cursor(db=db).putmulti(pairs)
 
-        self._write(write, lambda: size)
+        self._write(write, size)
 
     def drop_task(self, task: TaskId) -> None:
         """Deletes all data of a task (its partition moved away), in one transaction."""
         p = task_prefix(task)
-        self._write(lambda txn: self._drop(txn, p), lambda: 4096)
+        self._write(lambda txn: self._drop(txn, p))
 
     def _drop(self, txn: lmdb.Transaction, prefix: bytes) -> None:
         for db in self._task_dbs:
@@ -570,7 +548,7 @@ class Store:
     def put_meta(self, key: str, value: bytes) -> None:
         """Stores a small daemon-wide record (e.g. the flow registry) under a non-empty key."""
         k = _meta_key(key)
-        self._write(lambda txn: txn.put(k, value, db=self._meta), lambda: len(value))
+        self._write(lambda txn: txn.put(k, value, db=self._meta), len(value))
 
     def get_meta(self, key: str) -> bytes | None:
         """Returns a daemon-wide record, or None."""

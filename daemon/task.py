@@ -286,9 +286,9 @@ class PartitionTask:
             self.sent[dest] = min(self.sent.get(dest, 0), queue[0][0] - 1 if queue else 0)
             return
         if queue and queue[0][0] <= mark:
-            last = max(seq for seq, _ in queue if seq <= mark)
-            if not any(d == dest and s >= last for d, s in self.acked):
-                self.acked.append((dest, last))
+            listed = {s for d, s in self.acked if d == dest}
+            self.acked.extend((dest, seq) for seq, _ in queue
+                              if seq <= mark and seq not in listed)
         if mark < self.sent.get(dest, 0) and queue and queue[-1][0] > mark:
             # the receiver lacks something we sent (lost or refused): resend from its mark
             self.sent[dest] = mark

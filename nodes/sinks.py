@@ -1,0 +1,156 @@
+"""Sinks: where a flow's results go.
+
+- ``table()``: the latest value per key of a keyed stream, queryable
+  (``gossipflow query``; ``Result.table()`` in the local runner).
+- ``files(dir)``: one JSON-lines file per partition, ``dir/part-00003.jsonl``
+  (the daemon writes them atomically at each commit).
+- ``publish()``: a live stream for ``gossipflow tail`` and ZeroMQ SUB
+  clients (``Result.published`` in the local runner).
+
+A sink receives, per partition task and commit, the list of records the
+stage put in its outbox for it (``outputs[sink_name]``). Paths are relative
+to the flow's ``base_dir``; the plan binds each sink to its step and an
+absolute directory.
+
+Example:
+    >>> s = files("out")
+    >>> s.encode([("a", 1), {"b": [2]}])
+    b'["a", 1]\\n{"b": [2]}\\n'
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from nodes.errors import FlowError, StepRef, safe_repr, typed
+
+
+class Sink:
+    """Base class of sinks."""
+
+    kind = "sink"
+    needs_keyed = False
+
+    def __init__(self) -> None:
+        self.step: StepRef | None = None
+        self.base_dir: Path | None = None
+
+    def bind(self, step: StepRef, base_dir: str | os.PathLike) -> Sink:
+        """A copy that knows its step (for messages) and the flow's base directory."""
+        bound = copy.copy(self)
+        bound.step, bound.base_dir = step, Path(base_dir)
+        return bound
+
+    def describe(self) -> dict[str, Any]:
+        """A msgpack-able description, for status output."""
+        return {"kind": self.kind}
+
+    def _error(self, message: str) -> FlowError:
+        if self.step:
+            return self.step.error(message)
+        return FlowError(f"sinks.{self.kind}(): {message}")
+
+
+class TableSink(Sink):
+    """Latest value per key. Needs a keyed stream: records are (key, value)."""
+
+    kind = "table"
+    needs_keyed = True
+
+
+class FilesSink(Sink):
+    """One JSON-lines file per partition in a directory."""
+
+    kind = "files"
+
+    def __init__(self, directory: str | os.PathLike):
+        super().__init__()
+        if not isinstance(directory, (str, os.PathLike)) or not str(directory):
+            raise FlowError("sinks.files() needs a directory such as 'out';"
+                            f" got {typed(directory)}")
+        self.directory = str(directory)
+
+    @property
+    def path(self) -> Path:
+        """The directory, absolute (resolved against the flow's base_dir)."""
+        return (self.base_dir or Path.cwd()) / os.path.expanduser(self.directory)
+
+    def file_for(self, partition: int) -> Path:
+        """The file partition ``partition`` writes: ``<dir>/part-00003.jsonl``."""
+        return self.path / f"part-{partition:05d}.jsonl"
+
+    def encode(self, records: list) -> bytes:
+        """JSON lines for ``records`` (tuples become arrays).
+
+        Raises:
+            FlowError: a record is not JSON-serialisable (names the step and the record).
+        """
+        dumps = json.dumps
+        try:
+            text = "".join([dumps(r, ensure_ascii=False) + "\n" for r in records])
+        except (TypeError, ValueError) as err:
+            bad = next((r for r in records if not _jsonable(r)), None)
+            raise self._error(
+                f"record {safe_repr(bad)} cannot be written as JSON ({err}); map records to"
+                " dicts, lists, str, numbers, bool or None before sinks.files()") from err
+        try:
+            return text.encode("utf-8")
+        except UnicodeEncodeError:  # lone surrogates: fall back to \u escapes, still valid JSON
+            return "".join([dumps(r) + "\n" for r in records]).encode("ascii")
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": self.kind, "directory": str(self.path)}
+
+
+class PublishSink(Sink):
+    """A live stream of records."""
+
+    kind = "publish"
+
+
+def table() -> TableSink:
+    """Keep the latest value per key; queryable.
+
+    Returns:
+        A sink for a keyed stream (after key_by or a keyed operator).
+
+    Example: ``words.key_by(lambda w: w).count().sink(sinks.table())``
+    """
+    return TableSink()
+
+
+def files(directory: str | os.PathLike) -> FilesSink:
+    """Write one JSON-lines file per partition into ``directory``.
+
+    Args:
+        directory: relative to the flow file's directory (created if missing).
+
+    Returns:
+        A sink; records must be JSON-serialisable (tuples are written as arrays).
+
+    Example: ``stream.sink(sinks.files("out/clean"))``
+    """
+    return FilesSink(directory)
+
+
+def publish() -> PublishSink:
+    """Publish records as a live stream (``gossipflow tail FLOW``).
+
+    Returns:
+        A sink; in the local runner the records are collected in ``Result.published``.
+
+    Example: ``alerts.sink(sinks.publish())``
+    """
+    return PublishSink()
+
+
+def _jsonable(value: Any) -> bool:
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError):
+        return False
+    return True

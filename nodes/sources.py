@@ -1,0 +1,361 @@
+"""Sources: where a flow's records come from, cut into resumable splits.
+
+Every source follows one contract, which the local runner and the daemon
+both use:
+
+- ``splits(parallelism) -> list[dict]``: cut the input into independent
+  splits, small msgpack-able dicts. Split i is read by one task (the daemon
+  and the local runner give it to partition ``i % P``).
+- ``read(split, offset, max_records) -> (records, new_offset, done)``: the
+  next records of a split after ``offset`` (None for a split never read).
+  ``new_offset`` is an int to checkpoint with the task's state; reading again
+  from it after a crash continues exactly after the last record returned.
+  Fewer than ``max_records`` records (even none) may come back before
+  ``done``; once ``done`` is true, the split has no more records.
+
+Sources in a flow are declared relative to the flow's ``base_dir``; the plan
+binds them (``bind(step, base_dir)``) to absolute paths and to their step, so
+errors name the step.
+
+Example:
+    >>> src = generate(5, lambda i: i * 10)
+    >>> src.splits(2)
+    [{'start': 0, 'stop': 2, 'step': 1}, {'start': 2, 'stop': 5, 'step': 1}]
+    >>> src.read({'start': 2, 'stop': 5, 'step': 1}, None, 2)
+    ([20, 30], 2, False)
+"""
+
+from __future__ import annotations
+
+import copy
+import glob as globlib
+import json
+import math
+import os
+from collections.abc import Callable
+from itertools import pairwise
+from operator import length_hint
+from pathlib import Path
+from typing import Any
+
+from nodes.errors import FlowError, StepRef, callback_error, safe_repr, typed
+
+Split = dict[str, Any]
+MIN_CHUNK = 4096        # bytes read per call, at least ...
+BYTES_PER_RECORD = 256  # ... and this much per record asked for
+MAX_CHUNK = 1 << 22
+MIN_SPLIT_BYTES = 1 << 20  # smaller ranges are not worth a task (and a commit) each
+
+
+class Source:
+    """Base class of sources. Subclasses implement ``splits`` and ``read``."""
+
+    kind = "source"
+    bounded = True
+
+    def __init__(self) -> None:
+        self.step: StepRef | None = None
+        self.base_dir: Path | None = None
+
+    def bind(self, step: StepRef, base_dir: str | os.PathLike) -> Source:
+        """A copy that knows its step (for messages) and the flow's base directory."""
+        bound = copy.copy(self)
+        bound.step, bound.base_dir = step, Path(base_dir)
+        return bound
+
+    def limit(self, count: int) -> Source:
+        """A bounded version with at most ``count`` records (tests of unbounded flows)."""
+        return self
+
+    def splits(self, parallelism: int) -> list[Split]:
+        raise NotImplementedError
+
+    def read(self, split: Split, offset: int | None, max_records: int) -> tuple[list, int, bool]:
+        raise NotImplementedError
+
+    def describe(self) -> dict[str, Any]:
+        """A msgpack-able description, for status output."""
+        return {"kind": self.kind}
+
+    def _label(self) -> str:
+        return self.step.label if self.step else f"sources.{self.kind}()"
+
+    def _error(self, message: str) -> FlowError:
+        if self.step:
+            return self.step.error(message)
+        return FlowError(f"{self._label()}: {message}")
+
+
+class _LineSource(Source):
+    """Newline-delimited files matched by a glob, split into byte ranges.
+
+    A range [start, end) of a file owns every line that *starts* inside it, so
+    ranges cut anywhere (even inside a multi-byte character) read every line
+    exactly once. Offsets are byte positions of the next line start.
+    """
+
+    def __init__(self, pattern: str, min_split_bytes: int = MIN_SPLIT_BYTES):
+        super().__init__()
+        if not isinstance(pattern, (str, os.PathLike)) or not str(pattern):
+            raise FlowError(f"sources.{self.kind}() needs a glob pattern such as"
+                            f" 'data/*.txt'; got {typed(pattern)}")
+        if type(min_split_bytes) is not int or min_split_bytes < 1:
+            raise FlowError(f"sources.{self.kind}() needs min_split_bytes as an int >= 1;"
+                            f" got {typed(min_split_bytes)}")
+        self.pattern, self.min_split_bytes = str(pattern), min_split_bytes
+
+    def paths(self) -> list[str]:
+        """The matching files, sorted, as absolute paths."""
+        base = self.base_dir or Path.cwd()
+        pattern = os.path.join(base, os.path.expanduser(self.pattern))
+        found = sorted(p for p in globlib.glob(pattern, recursive=True) if os.path.isfile(p))
+        if not found:
+            raise self._error(
+                f"sources.{self.kind}({self.pattern!r}) matched no files (pattern resolved"
+                f" to {pattern!r}); relative patterns are relative to the flow file's"
+                " directory (Flow(base_dir=...) overrides it)")
+        return [os.path.abspath(p) for p in found]
+
+    def splits(self, parallelism: int) -> list[Split]:
+        """Byte ranges of about total_size / parallelism bytes; empty files have none.
+
+        Ranges are at least ``min_split_bytes`` long (except a file's last), so
+        small inputs make fewer splits than ``parallelism``.
+
+        Returns:
+            ``[{"path": abs_path, "start": byte, "end": byte}, ...]`` in file order.
+        """
+        _check_parallelism(parallelism)
+        sized = [(path, os.path.getsize(path)) for path in self.paths()]
+        total = sum(size for _, size in sized)
+        target = max(self.min_split_bytes, math.ceil(total / parallelism))
+        out = []
+        for path, size in sized:
+            if size:
+                width = math.ceil(size / math.ceil(size / target))
+                out += [{"path": path, "start": s, "end": min(s + width, size)}
+                        for s in range(0, size, width)]
+        return out
+
+    def read_bytes(self, split: Split, offset: int | None,
+                   max_records: int) -> tuple[bytes, int, int, bool]:
+        """The next whole lines of a split as raw bytes.
+
+        Returns:
+            (data, start, new_offset, done): ``data`` is at most ``max_records``
+            complete lines (each ending in ``\\n`` except a file's last line),
+            read from file position ``start``.
+        """
+        path, end = split["path"], split["end"]
+        pos = split["start"] if offset is None else offset
+        try:
+            with open(path, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                end = min(end, size)
+                if pos > 0:
+                    f.seek(pos - 1)
+                    if f.read(1) != b"\n":  # inside a line owned by the previous range
+                        f.readline()
+                    pos = f.tell()
+                if pos >= end:
+                    return b"", pos, pos, True
+                want = min(MAX_CHUNK, max_records * BYTES_PER_RECORD)
+                chunk = min(end - pos, max(MIN_CHUNK, want))
+                data = f.read(chunk)
+                if data and not data.endswith(b"\n"):
+                    data += f.readline()  # finish the last line started inside the range
+        except OSError as err:
+            raise self._error(f"cannot read {path}: {err}") from err
+        if data.count(b"\n") + (not data.endswith(b"\n")) > max_records:
+            rest = data.split(b"\n", max_records)[-1]
+            data = data[: len(data) - len(rest)]
+        new = pos + len(data)
+        return data, pos, new, new >= end
+
+    def line_number(self, path: str, position: int) -> int:
+        """1-based number of the line containing byte ``position`` (for messages)."""
+        with open(path, "rb") as f:
+            return f.read(position).count(b"\n") + 1
+
+
+class FilesSource(_LineSource):
+    """Text lines (UTF-8, without the newline) of the files matching a glob."""
+
+    kind = "files"
+
+    def read(self, split: Split, offset: int | None, max_records: int) -> tuple[list, int, bool]:
+        data, start, new, done = self.read_bytes(split, offset, max_records)
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as err:
+            at = start + err.start
+            line = self.line_number(split["path"], at)
+            raise self._error(
+                f"{split['path']}:{line} is not valid UTF-8 ({err.reason} at byte {at});"
+                " files() reads UTF-8 text: convert the file (e.g. iconv -t UTF-8)") from err
+        if not text:
+            return [], new, done
+        lines = text.split("\n")
+        if text.endswith("\n"):
+            lines.pop()
+        return lines, new, done
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": self.kind, "pattern": self.pattern}
+
+
+class JsonlSource(_LineSource):
+    """One JSON value per line of the files matching a glob; blank lines are skipped."""
+
+    kind = "jsonl"
+
+    def read(self, split: Split, offset: int | None, max_records: int) -> tuple[list, int, bool]:
+        data, start, new, done = self.read_bytes(split, offset, max_records)
+        lines = data.split(b"\n")
+        if data.endswith(b"\n") or not data:
+            lines.pop()
+        records = []
+        append, loads = records.append, json.loads
+        for i, line in enumerate(lines):
+            if line.strip():
+                try:
+                    append(loads(line))
+                except ValueError as err:
+                    at = start + sum(len(before) + 1 for before in lines[:i])
+                    number = self.line_number(split["path"], at)
+                    raise self._error(
+                        f"{split['path']}:{number} is not valid JSON ({err}): "
+                        f"{safe_repr(line.decode('utf-8', 'replace'), 120)}; jsonl() expects"
+                        " one JSON value per line") from err
+        return records, new, done
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": self.kind, "pattern": self.pattern}
+
+
+class GenerateSource(Source):
+    """Record i is ``fn(i)``, for i in range(count) (count None: forever)."""
+
+    kind = "generate"
+
+    def __init__(self, count: int | None, fn: Callable[[int], Any]):
+        super().__init__()
+        if count is not None and (type(count) is not int or count < 0):
+            raise FlowError(f"sources.generate() needs a count that is an int >= 0, or None"
+                            f" for an unbounded source; got {typed(count)}")
+        if not callable(fn):
+            raise FlowError(f"sources.generate() needs a function making record i from i;"
+                            f" got {typed(fn)}")
+        self.count, self.fn = count, fn
+        self.bounded = count is not None
+
+    def limit(self, count: int) -> Source:
+        if self.count is not None and self.count <= count:
+            return self
+        bounded = copy.copy(self)
+        bounded.count, bounded.bounded = count, True
+        return bounded
+
+    def splits(self, parallelism: int) -> list[Split]:
+        """Contiguous index ranges (bounded) or strides (unbounded).
+
+        Returns:
+            ``[{"start": i, "stop": j, "step": 1}, ...]`` (empty ranges left out), or
+            ``[{"start": i, "stop": None, "step": parallelism}, ...]``.
+        """
+        _check_parallelism(parallelism)
+        if self.count is None:
+            return [{"start": i, "stop": None, "step": parallelism} for i in range(parallelism)]
+        cuts = [self.count * i // parallelism for i in range(parallelism + 1)]
+        return [{"start": a, "stop": b, "step": 1} for a, b in pairwise(cuts) if a < b]
+
+    def read(self, split: Split, offset: int | None, max_records: int) -> tuple[list, int, bool]:
+        """Records for the split's next indices; the offset counts records read."""
+        done_before = offset or 0
+        step, stop = split["step"], split["stop"]
+        first = split["start"] + done_before * step
+        n = max_records if stop is None else max(0, min(max_records, -(-(stop - first) // step)))
+        indices = iter(range(first, first + n * step, step))
+        fn = self.fn
+        try:
+            records = list(map(fn, indices))
+        except Exception as err:
+            index = first + (n - length_hint(indices) - 1) * step
+            raise callback_error(self.step or _anonymous(self), fn, index, err,
+                                 what="index") from err
+        last = first + n * step
+        return records, done_before + n, stop is not None and last >= stop
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": self.kind, "count": self.count}
+
+
+def files(pattern: str, *, min_split_bytes: int = MIN_SPLIT_BYTES) -> FilesSource:
+    """Lines of text files: UTF-8, without the trailing newline.
+
+    Args:
+        pattern: a glob ("corpus/*.txt", "logs/**/*.log"), relative to the flow
+            file's directory. Files are read in sorted order; each is cut into
+            byte ranges so one big file spreads over partitions.
+        min_split_bytes: the smallest range worth its own task (default 1 MiB).
+
+    Returns:
+        A source; its splits are ``{"path", "start", "end"}`` byte ranges.
+
+    Raises:
+        FlowError: (when read) no file matches, or a file is not UTF-8.
+
+    Example: ``flow.source(sources.files("corpus/*.txt"))``
+    """
+    return FilesSource(pattern, min_split_bytes)
+
+
+def jsonl(pattern: str, *, min_split_bytes: int = MIN_SPLIT_BYTES) -> JsonlSource:
+    """JSON Lines files: one JSON value per line (blank lines skipped).
+
+    Args:
+        pattern: a glob, relative to the flow file's directory; split like ``files``.
+        min_split_bytes: the smallest range worth its own task (default 1 MiB).
+
+    Returns:
+        A source of the decoded values.
+
+    Raises:
+        FlowError: (when read) no file matches, or a line is not valid JSON
+            (the message gives the file and line number).
+
+    Example: ``flow.source(sources.jsonl("events/*.jsonl"))``
+    """
+    return JsonlSource(pattern, min_split_bytes)
+
+
+def generate(count: int | None, fn: Callable[[int], Any]) -> GenerateSource:
+    """Generated records: record i is ``fn(i)`` for i in range(count).
+
+    Args:
+        count: how many records; None for an unbounded source (the local
+            runner then needs ``run(..., limit=N)``).
+        fn: makes record i from i; called again with the same i when a split is
+            replayed, so it should be deterministic for exactly-once results.
+
+    Returns:
+        A source; its splits are ``{"start", "stop", "step"}`` index ranges.
+
+    Raises:
+        FlowError: count is not an int >= 0 or None, or fn is not callable.
+
+    Example:
+        >>> generate(3, str).read({"start": 0, "stop": 3, "step": 1}, None, 10)
+        (['0', '1', '2'], 3, True)
+    """
+    return GenerateSource(count, fn)
+
+
+def _check_parallelism(parallelism: int) -> None:
+    if type(parallelism) is not int or parallelism < 1:
+        raise FlowError("splits() needs a parallelism that is an int >= 1;"
+                        f" got {typed(parallelism)}")
+
+
+def _anonymous(source: Source) -> StepRef:
+    return StepRef(f"sources.{source.kind}()", "source", "?")
