@@ -26,6 +26,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("gossipflow.flows")
 
+DATA_TIMEOUT = 15.0
+"""Seconds to wait for the marks of a shuffle message (the receiver answers after
+committing every batch in it) before sending those batches again."""
+
 
 class FlowService:
     """Everything about flows that a daemon does, wired to its node."""
@@ -150,8 +154,7 @@ class FlowService:
                     pass
             on_marks(marks)
 
-        self.node.transport.request(target.address, data, self.node.config.request_timeout,
-                                    on_reply)
+        self.node.transport.request(target.address, data, DATA_TIMEOUT, on_reply)
 
     def handle_data(self, body: dict[str, Any], reply: Callable[[bytes], None]) -> None:
         """Shuffled batches for our tasks; the reply (our mark for each) comes after their

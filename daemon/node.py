@@ -23,10 +23,10 @@ from . import api
 from .config import Config
 from .errors import ConfigError, WireError
 from .loop import EventLoop
-from .membership import Membership
+from .membership import Member, Membership
 from .flows import FlowService
 from .transport.udpzmq import UdpZmqTransport
-from .wire import MAX_INCARNATION, Codec, MessageType
+from .wire import MAX_INCARNATION, Codec, MessageType, Status
 
 log = logging.getLogger("gossipflow.node")
 
@@ -52,7 +52,8 @@ class Node:
         self.membership = Membership(
             name, config, self.loop.clock, self.transport, self.codec,
             incarnation=incarnation, rng=random.Random(),
-            on_incarnation=self._save_incarnation, on_refused=self._refused)
+            on_incarnation=self._save_incarnation, on_refused=self._refused,
+            on_change=self._member_changed)
         self.flows = FlowService(self)
         self.exit_code = 0
         self._stopping = False
@@ -93,6 +94,11 @@ class Node:
         log.info("event=leaving member=%s", self.name)
         self.loop.clock.call_later(self.config.leave_timeout, self.loop.stop)
         self.membership.leave()
+
+    def _member_changed(self, member: Member) -> None:
+        if member.status in (Status.DEAD, Status.LEFT, Status.ALIVE):
+            # Died, left or came back: requests in flight to it will get no answer.
+            self.transport.cancel(member.address)
 
     def _refused(self, reason: str) -> None:
         log.error("event=exit member=%s reason=%r", self.name, reason)

@@ -34,8 +34,9 @@ from .task import FlowContext, Inbound, PartitionTask, decode_batch
 
 log = logging.getLogger("gossipflow.runtime")
 
-RESEND_AFTER = 1.0
-"""Seconds without any acknowledgement before a task resends what is in flight."""
+MAX_MESSAGE_ENTRIES = 1024
+"""Batches per shuffle message; one message per member is in flight at a time, so a
+slow receiver slows its senders instead of drowning in resends."""
 REPORT_EVERY = 0.2
 """Seconds between progress reports to the event loop."""
 
@@ -96,8 +97,8 @@ class Runtime:
         self._inbox: queue.Queue = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="gossipflow-runtime", daemon=True)
         self._running = False
-        self._last_ack: dict[TaskId, float] = {}
         self._outgoing: dict[str, list[tuple[list, TaskId, str]]] = {}
+        self._in_flight: set[str] = set()  # members with a shuffle message on its way
         self._ready: dict[TaskId, PartitionTask] = {}
         """Tasks that may have work: checked, stepped, and kept while they still have."""
 
@@ -158,13 +159,13 @@ class Runtime:
             self._on_flow(item[1])
         elif kind == "data":
             self._on_data(*item[1:])
+        elif kind == "sent":
+            self._in_flight.discard(item[1])
         elif kind == "ack":
             task_id, dest, mark = item[1:]
             running = self.flows.get(task_id.flow)
             task = running and running.tasks.get((task_id.stage, task_id.partition))
             if task is not None:
-                if mark is not None:
-                    self._last_ack[task_id] = time.monotonic()
                 task.on_ack(dest, mark)
                 self._ready[task.id] = task
 
@@ -239,25 +240,27 @@ class Runtime:
                 ([running.id, stage, partition, origin, seq, payload], task_id, dest))
 
     def _flush(self) -> None:
-        """Send what the last steps produced: one message per member."""
-        for member, items in self._outgoing.items():
-            def on_marks(marks: list | None, items: list = items) -> None:
+        """Send what the last steps produced: one message per member, one at a time."""
+        for member, waiting in self._outgoing.items():
+            if member in self._in_flight or not waiting:
+                continue
+            items = waiting[:MAX_MESSAGE_ENTRIES]
+            del waiting[:MAX_MESSAGE_ENTRIES]
+            self._in_flight.add(member)
+
+            def on_marks(marks: list | None, items: list = items, member: str = member) -> None:
                 if marks is None or len(marks) != len(items):
                     marks = [None] * len(items)
                 for (_, task_id, dest), mark in zip(items, marks):
                     self.post("ack", task_id, dest, mark if isinstance(mark, int) else None)
+                self.post("sent", member)
             self.hooks.send(member, [entry for entry, _, _ in items], on_marks)
-        self._outgoing = {}
 
     def _housekeeping(self, now: float) -> None:
         for running in list(self.flows.values()):
             for task in running.tasks.values():
                 if any(task.pending.values()):
-                    if now - self._last_ack.get(task.id, 0.0) > RESEND_AFTER:
-                        self._last_ack[task.id] = now
-                        task.resend_all()
-                    else:
-                        task.pump()
+                    task.pump()  # what was refused or timed out goes again
             done = running.done_indices()
             if set(done) != running.reported:
                 running.reported = set(done)

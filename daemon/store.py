@@ -47,13 +47,20 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, NamedTuple, Self, TypeVar
 
 import lmdb
 import msgpack
 
-from .errors import (CommitGapError, ConfigError, DecodeError, InvalidCommitError,
-                     StaleEpochError, StoreError, StoreFullError)
+from .errors import (
+    CommitGapError,
+    ConfigError,
+    DecodeError,
+    InvalidCommitError,
+    StaleEpochError,
+    StoreError,
+    StoreFullError,
+)
 
 log = logging.getLogger("gossipflow.store")
 T = TypeVar("T")
@@ -245,7 +252,7 @@ class Store:
         self._env, self._task_dbs, self._meta = env, dbs[:-1], dbs[-1]
         self._state, self._offsets, self._marks, self._outbox, self._seqs, self._tmeta = dbs[:-1]
 
-    def __enter__(self) -> Store:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -45,6 +45,9 @@ WINDOW = 8
 """Unacknowledged batches in flight per destination (credit-based backpressure)."""
 MAX_PENDING = 64
 """A source stops reading while this many outbox entries await acknowledgement."""
+BATCHES_PER_COMMIT = 10
+"""A commit groups up to this many batches: fewer, larger commits and shuffle messages
+(the outputs of the whole group are combined before they are sent)."""
 STATE, TABLE = b"s", b"t"
 EOS_SENT = "eos"
 
@@ -135,7 +138,7 @@ class PartitionTask:
         return bool(self.offsets.get(EOS_SENT)) and not any(self.pending.values())
 
     def runnable(self) -> bool:
-        if self.acked:
+        if self.acked or self.inbox:  # even when done: late duplicates must be answered
             return True
         if self.offsets.get(EOS_SENT):
             return False
@@ -152,12 +155,10 @@ class PartitionTask:
         commit = Commit(self.id, 0, self.number + 1, outbox_deletes=self.acked)
         replies: list[tuple[Callable[[int], None], int]] = []
         out = self.stage.outbox()
-        if self.offsets.get(EOS_SENT):
-            pass  # only acknowledged outbox entries to delete
-        elif self.stage.kind == "source":
+        if self.stage.kind != "source":
+            self._take_inbox(out, commit, replies)  # after end of stream: late duplicates
+        elif not self.offsets.get(EOS_SENT):
             self._read_source(out, commit)
-        else:
-            self._take_inbox(out, commit, replies)
         self._emit(out, commit)
         if not self.offsets.get(EOS_SENT) and self.input_done:
             self._end_of_stream(commit)  # after the last data, so it gets the last sequences
@@ -180,23 +181,24 @@ class PartitionTask:
             self.pending.setdefault(dest, deque()).append((seq, payload))
 
     def _read_source(self, out: Any, commit: Commit) -> None:
-        if not self.unread:
-            return
-        i = self.unread[0]
         source = self.ctx.plan.sources[self.stage.source]
-        records, offset, done = source.read(self.ctx.splits[self.stage.source][i],
-                                            self.offsets.get(f"o{i}"), self.ctx.batch_size)
-        self.stage.feed(records, None, out)
-        self.records_in += len(records)
-        self.offsets[f"o{i}"], self.offsets[f"d{i}"] = offset, done
-        commit.offsets.update({f"o{i}": pack(offset), f"d{i}": pack(done)})
-        if done:
-            self.unread.pop(0)
+        read = 0
+        while self.unread and read < self.ctx.batch_size * BATCHES_PER_COMMIT:
+            i = self.unread[0]
+            records, offset, done = source.read(self.ctx.splits[self.stage.source][i],
+                                                self.offsets.get(f"o{i}"), self.ctx.batch_size)
+            self.stage.feed(records, None, out)
+            read += len(records) + 1
+            self.records_in += len(records)
+            self.offsets[f"o{i}"], self.offsets[f"d{i}"] = offset, done
+            commit.offsets.update({f"o{i}": pack(offset), f"d{i}": pack(done)})
+            if done:
+                self.unread.pop(0)
 
     def _take_inbox(self, out: Any, commit: Commit,
                     replies: list[tuple[Callable[[int], None], int]]) -> None:
         taken = 0
-        while self.inbox and taken < self.ctx.batch_size * 10:
+        while self.inbox and taken < self.ctx.batch_size * BATCHES_PER_COMMIT:
             batch = self.inbox.popleft()
             mark = self.marks.get(batch.origin, 0)
             if batch.seq == mark + 1:
@@ -292,11 +294,6 @@ class PartitionTask:
         if mark < self.sent.get(dest, 0) and queue and queue[-1][0] > mark:
             # the receiver lacks something we sent (lost or refused): resend from its mark
             self.sent[dest] = mark
-
-    def resend_all(self) -> None:
-        """Forget what is in flight and send again (after a timeout or a peer's restart)."""
-        self.sent.clear()
-        self.pump()
 
     def status(self) -> dict[str, Any]:
         return {"stage": self.stage.id, "partition": self.partition, "done": self.done,

@@ -338,7 +338,7 @@ class Cluster:
     # ------------------------------------------------------------ queries
 
     def request(self, name: str, op: str, timeout: float = 2.0, secret: bytes | None = None,
-                secret_file: Path | str | None = None) -> Any:
+                secret_file: Path | str | None = None, args: dict | None = None) -> Any:
         """An API request to daemon ``name`` through the in-process client.
 
         The daemon's own secret is used unless ``secret``/``secret_file`` is given.
@@ -349,7 +349,7 @@ class Cluster:
         if secret is None:
             secret = load_secret(str(secret_file or daemon.secret_file)
                                  if (secret_file or daemon.secret_file) else None)
-        return request(daemon.address, op, timeout=timeout, secret=secret)
+        return request(daemon.address, op, args, timeout=timeout, secret=secret)
 
     def members(self, name: str, **kwargs: Any) -> list[dict[str, Any]]:
         """``members`` as daemon ``name`` sees them (a list of dicts)."""

@@ -34,6 +34,9 @@ class Transport(Protocol):
     def request(self, to: str, data: bytes, timeout: float, on_reply: ReplyHandler) -> None:
         """Send a request; ``on_reply`` gets the answer or None after ``timeout``."""
 
+    def cancel(self, to: str) -> None:
+        """Answer every pending request to ``to`` with None now."""
+
     def close(self) -> None:
         """Stop receiving and release sockets; later sends are dropped."""
 

@@ -138,5 +138,8 @@ class MemoryTransport:
         else:
             self.network._request(self.address, to, data, timeout, on_reply)
 
+    def cancel(self, to: str) -> None:
+        """Requests here are answered or time out on their own; nothing to cut short."""
+
     def close(self) -> None:
         self.closed = True

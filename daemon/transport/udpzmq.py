@@ -85,6 +85,19 @@ class UdpZmqTransport:
         timer = self.loop.clock.call_later(timeout, self._expire, request_id)
         self._pending[request_id] = (on_reply, timer, to)
 
+    def cancel(self, to: str) -> None:
+        """Answer every pending request to ``to`` with None now (its member died or
+        restarted: no reply will come) and drop the connection."""
+        for request_id, (on_reply, timer, dest) in list(self._pending.items()):
+            if dest == to:
+                del self._pending[request_id]
+                timer.cancel()
+                self.loop.clock.call_later(0, on_reply, None)
+        dealer = self._dealers.pop(to, None)
+        if dealer is not None:
+            self.loop.remove_reader(dealer)
+            dealer.close()
+
     def close(self) -> None:
         if self.closed:
             return

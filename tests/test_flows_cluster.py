@@ -1,0 +1,182 @@
+"""Flows on real daemons (processes on 127.0.0.1, UDP, ZeroMQ, LMDB): exact results.
+
+Every result is compared with plain Python over the same input (``Counter``) or
+with ``nodes.testing.run`` of the same flow.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import signal
+import sysconfig
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from daemons import Cluster, cli, cluster_fixture, wait_for  # noqa: F401
+
+from nodes import load_flow
+from nodes.testing import run
+
+pytestmark = pytest.mark.timeout(240)
+
+THREE = ["n0", "n1", "n2"]
+STDLIB = os.path.join(sysconfig.get_paths()["stdlib"], "*.py")
+
+WORDCOUNT = f'''
+from nodes import Flow, sources, sinks
+flow = Flow("wordcount")
+(flow.source(sources.files({STDLIB!r}))
+     .flat_map(str.split)
+     .key_by(lambda w: w)
+     .count()
+     .sink(sinks.table()))
+'''
+
+
+def stdlib_counts() -> Counter:
+    counts: Counter = Counter()
+    for path in glob.glob(STDLIB):
+        with open(path, encoding="utf-8", newline="") as f:
+            for line in f:
+                counts.update(line.split())
+    return counts
+
+
+def write(tmp_path: Path, name: str, text: str) -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def submit(cluster: Cluster, node: str, path: Path, *args: str, timeout: float = 180):
+    return cli("submit", str(path), "--node", cluster[node].address, *args, timeout=timeout)
+
+
+def table(cluster: Cluster, node: str, name: str, sink: str | None = None) -> dict:
+    rows = cluster.request(node, "query", timeout=10.0, args={"name": name, "sink": sink})
+    return {k: v for k, v in rows}
+
+
+def flow_record(cluster: Cluster, node: str, name: str) -> dict:
+    return cluster.request(node, "flow", args={"name": name})
+
+
+def test_stdlib_wordcount_on_three_daemons_is_exact(cluster: Cluster, tmp_path: Path) -> None:
+    cluster.start_many(THREE)
+    result = submit(cluster, "n1", write(tmp_path, "wc.py", WORDCOUNT), "--wait")
+    assert result.returncode == 0, result.stderr
+    assert "flow wordcount completed" in result.stdout
+    expected = stdlib_counts()
+    for node in THREE:  # every daemon serves the same answer
+        assert table(cluster, node, "wordcount") == expected
+    key, count = expected.most_common(1)[0]
+    answer = cli("query", "wordcount", key, "--node", cluster["n2"].address)
+    assert answer.returncode == 0 and answer.stdout.strip() == str(count)
+
+
+def test_wordcount_exact_after_kill_9_and_restart_mid_flow(cluster: Cluster,
+                                                           tmp_path: Path) -> None:
+    cluster.start_many(THREE)
+    result = submit(cluster, "n0", write(tmp_path, "wc.py", WORDCOUNT))
+    assert result.returncode == 0, result.stderr
+    wait_for(lambda: sum(s["records_in"] for s in flow_record(cluster, "n1", "wordcount")
+                         ["local"].values()) > 0, 30, message="n1 is processing")
+    assert flow_record(cluster, "n1", "wordcount")["status"] == "running"
+    cluster.kill("n1", signal.SIGKILL)
+    assert cluster.wait_exit("n1") == -signal.SIGKILL
+    time.sleep(0.5)
+    cluster.restart("n1")
+    wait_for(lambda: flow_record(cluster, "n0", "wordcount")["status"] == "completed", 180,
+             interval=0.5, message="the flow completes after the restart")
+    expected = stdlib_counts()
+    for node in THREE:
+        assert table(cluster, node, "wordcount") == expected
+
+
+@pytest.mark.parametrize("text, message", [
+    ("from nodes import Flow\nflow = Flow('x'\n", "bad.py:2: syntax error"),
+    ("import no_such_module_here\n", "bad.py:1"),
+    ("from nodes import Flow\n", "no Flow"),
+    ("from nodes import Flow, sources, sinks\nflow = Flow('x')\n"
+     "flow.source(sources.generate(3, str)).count().sink(sinks.table())\n", "key_by"),
+    ("from nodes import Flow, sources\nflow = Flow('x')\n"
+     "flow.source(sources.generate(3, str)).map(str)\n", "sink"),
+])
+def test_bad_flows_are_refused_before_reaching_the_cluster(cluster: Cluster, tmp_path: Path,
+                                                           text: str, message: str) -> None:
+    cluster.start("n0")
+    result = submit(cluster, "n0", write(tmp_path, "bad.py", text))
+    assert result.returncode == 1
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert "nothing was submitted" in result.stderr
+    assert cluster.request("n0", "flows") == []
+
+
+FAILING = '''
+from nodes import Flow, sources, sinks
+
+def parse(record):
+    if record == "7":
+        raise ValueError("cannot parse seven")
+    return record
+
+flow = Flow("failing")
+(flow.source(sources.generate(20, str))
+     .map(parse, name="parse")
+     .key_by(lambda r: r)
+     .count()
+     .sink(sinks.table()))
+'''
+
+
+def test_raising_user_function_fails_the_flow_and_daemons_stay_up(cluster: Cluster,
+                                                                  tmp_path: Path) -> None:
+    cluster.start_many(THREE)
+    result = submit(cluster, "n2", write(tmp_path, "failing.py", FAILING), "--wait")
+    assert result.returncode == 1
+    for fragment in ("flow failing failed", "step 'parse'", "failing.py:4", "ValueError",
+                     "cannot parse seven", "'7'"):
+        assert fragment in result.stdout, result.stdout
+    for node in THREE:
+        assert flow_record(cluster, node, "failing")["status"] == "failed"
+    cluster.wait_converged(THREE)
+    result = submit(cluster, "n0", write(tmp_path, "wc.py", WORDCOUNT), "--wait")
+    assert result.returncode == 0, result.stderr
+
+
+OPERATORS = '''
+from nodes import Flow, sources, sinks
+
+flow = Flow("operators")
+numbers = flow.source(sources.generate(5000, lambda i: i), name="numbers")
+keyed = numbers.filter(lambda i: i % 7 != 0).key_by(lambda i: str(i % 13))
+keyed.count(name="count").sink(sinks.table(), name="counts")
+keyed.map_values(lambda i: i * 2).sum(name="sum").sink(sinks.table(), name="sums")
+keyed.reduce(max, name="max").sink(sinks.table(), name="maxima")
+keyed.fold(lambda: 0, lambda acc, i: acc + 1, name="fold").sink(sinks.table(), name="folds")
+(keyed.stateful_map(lambda s, i: ((s or 0) + i, (s or 0) + i), name="running")
+      .sink(sinks.table(), name="running_totals"))
+words = flow.source(sources.generate(300, lambda i: f"w{i % 11} w{i % 5}"), name="words")
+(words.flat_map(str.split).map(str.upper).inspect(lambda w: None)
+      .key_by(lambda w: w).count(name="wc").sink(sinks.table(), name="word_counts"))
+'''
+
+
+def test_every_keyed_operator_matches_the_local_runner(cluster: Cluster, tmp_path: Path) -> None:
+    cluster.start_many(THREE)
+    path = write(tmp_path, "operators.py", OPERATORS)
+    result = submit(cluster, "n0", path, "--wait")
+    assert result.returncode == 0, result.stderr
+    local = run(load_flow(OPERATORS, str(path)))
+    for sink in ("counts", "sums", "maxima", "folds", "running_totals", "word_counts"):
+        expected = local.table(sink)
+        assert expected, sink
+        assert table(cluster, "n1", "operators", sink) == expected, sink
+    # and against plain Python
+    kept = [i for i in range(5000) if i % 7]
+    assert table(cluster, "n2", "operators", "sums") == {
+        str(k): sum(2 * i for i in kept if i % 13 == k) for k in range(13)}
