@@ -31,9 +31,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-import lmdb  # noqa: E402
+import lmdb
 
-from daemon.store import Commit, Store, TaskId  # noqa: E402
+from daemon.store import Commit, Store, TaskId
 
 SIZES = (1, 100, 10_000)
 TASK = TaskId("bench", 1, 0)
