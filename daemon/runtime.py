@@ -125,14 +125,19 @@ class Runtime:
     def _run(self) -> None:
         next_report = 0.0
         while self._running:
-            self._drain(block=not self._ready)
+            now = time.monotonic()
+            wakes = [w for t in self._ready.values() if (w := t.wake_at(now)) is not None]
+            self._drain(timeout=min([REPORT_EVERY, *wakes]) - now if wakes else REPORT_EVERY)
+            now = time.monotonic()
             ready, self._ready = self._ready, {}
             for task in ready.values():
                 if not self._running:
                     break
-                if task.runnable() and task.id.flow in self.flows:
+                wake = task.wake_at(now)
+                if wake is not None and wake <= now and task.id.flow in self.flows:
                     self._step(task)
-                if task.runnable():
+                    wake = task.wake_at(now)
+                if wake is not None:
                     self._ready[task.id] = task
             self._flush()
             now = time.monotonic()
@@ -141,9 +146,10 @@ class Runtime:
                 self._housekeeping(now)
                 self._flush()
 
-    def _drain(self, block: bool) -> None:
+    def _drain(self, timeout: float) -> None:
+        """Handle everything posted; wait up to ``timeout`` seconds for the first item."""
         try:
-            item = self._inbox.get(timeout=REPORT_EVERY) if block else self._inbox.get_nowait()
+            item = self._inbox.get(timeout=timeout) if timeout > 0 else self._inbox.get_nowait()
         except queue.Empty:
             return
         while True:
@@ -205,7 +211,7 @@ class Runtime:
             log.warning("event=bad_batch member=%s flow=%s error=%r", self.me, fid, str(err))
             reply(None)
             return
-        task.inbox.append(Inbound(origin, seq, eos, records, reply))
+        task.receive(Inbound(origin, seq, eos, records, reply), time.monotonic())
         self._ready[task.id] = task
 
     def _step(self, task: PartitionTask) -> None:

@@ -48,12 +48,18 @@ MAX_PENDING = 64
 BATCHES_PER_COMMIT = 10
 """A commit groups up to this many batches: fewer, larger commits and shuffle messages
 (the outputs of the whole group are combined before they are sent)."""
+COMMIT_INTERVAL = 0.05
+"""Seconds a shuffled batch may wait for others to share its commit (latency traded for
+fewer, larger commits, as Flink's checkpoint interval does)."""
 STATE, TABLE = b"s", b"t"
 EOS_SENT = "eos"
 
 
+_packb = msgpack.Packer(use_bin_type=True).pack
+
+
 def pack(value: Any) -> bytes:
-    return msgpack.packb(value, use_bin_type=True)
+    return _packb(value)
 
 
 def unpack(data: bytes) -> Any:
@@ -64,9 +70,14 @@ def origin_id(stage: int, partition: int) -> str:
     return f"{stage}/{partition}"
 
 
+def table_prefix(sink: str) -> bytes:
+    """Where the rows of table sink ``sink`` start in a task's state."""
+    return TABLE + sink.encode() + b"\x00"
+
+
 def table_key(sink: str, key: Any) -> bytes:
     """The state key of a table row: prefix, sink name, NUL, msgpack of the key."""
-    return TABLE + sink.encode() + b"\x00" + pack(key)
+    return table_prefix(sink) + pack(key)
 
 
 @dataclass
@@ -93,6 +104,14 @@ class FlowContext:
     splits: dict[str, list] = field(default_factory=dict)
     batch_size: int = 1000
 
+    def senders(self, stage: int) -> range | set[int]:
+        """Partitions of ``stage`` that send anything: for a source stage the ones with
+        splits (split i belongs to partition i mod P), for any other stage all."""
+        source = self.plan.stages[stage].source
+        if source is None:
+            return range(self.partitions)
+        return {i % self.partitions for i in range(len(self.splits[source]))}
+
 
 class PartitionTask:
     """Stage ``stage`` of a flow for partition ``partition``, resumed from the store."""
@@ -114,15 +133,22 @@ class PartitionTask:
             self.pending.setdefault(dest, deque()).append((seq, payload))
         self.sent: dict[str, int] = {}  # destination -> highest sequence sent, not yet acked
         self.acked: list[tuple[str, int]] = []  # outbox entries to delete in the next commit
+        self._acked_upto: dict[str, int] = {}  # destination -> highest sequence in acked
         self.inbox: deque[Inbound] = deque()
-        self.upstream = {origin_id(u, p) for u in stage.inputs for p in range(ctx.partitions)}
+        self.inbox_records = 0
+        self.inbox_since = 0.0  # when the oldest queued batch arrived
+        self.upstream = {origin_id(u, p) for u in stage.inputs for p in ctx.senders(u)}
         self.waiting = {o for o in self.upstream if not self.offsets.get(f"eos:{o}")}
         """Upstream tasks whose end of stream has not arrived yet."""
         self.records_in = self.records_out = 0
         self.unread = []
         """Indices of this task's source splits not read to the end yet."""
+        self.idle = False
+        """A source task without splits: nothing to read, nothing to send, done from the
+        start (downstream tasks do not wait for its end of stream)."""
         if stage.kind == "source":
             splits = ctx.splits[stage.source]
+            self.idle = partition not in ctx.senders(stage.id)
             self.unread = [i for i in range(len(splits)) if i % ctx.partitions == partition
                            and not self.offsets.get(f"d{i}")]
 
@@ -135,18 +161,32 @@ class PartitionTask:
     @property
     def done(self) -> bool:
         """All input consumed, end-of-stream sent, and every output acknowledged."""
-        return bool(self.offsets.get(EOS_SENT)) and not any(self.pending.values())
+        return self.idle or (bool(self.offsets.get(EOS_SENT)) and not any(self.pending.values()))
 
-    def runnable(self) -> bool:
-        if self.acked or self.inbox:  # even when done: late duplicates must be answered
-            return True
-        if self.offsets.get(EOS_SENT):
-            return False
+    def wake_at(self, now: float) -> float | None:
+        """When this task should step next: ``now`` or earlier for at once, a later time
+        to let more input gather into one commit, None when it has nothing to do."""
+        if self.acked:
+            return now
+        if self.inbox:  # even when done: late duplicates must be answered
+            if self.inbox_records >= self.ctx.batch_size * BATCHES_PER_COMMIT \
+                    or self.inbox[-1].eos or self.offsets.get(EOS_SENT):
+                return now
+            return self.inbox_since + COMMIT_INTERVAL
+        if self.idle or self.offsets.get(EOS_SENT):
+            return None
         if self.input_done:
-            return True
-        if self.stage.kind == "source":
-            return sum(map(len, self.pending.values())) < MAX_PENDING
-        return bool(self.inbox)
+            return now
+        if self.stage.kind == "source" and sum(map(len, self.pending.values())) < MAX_PENDING:
+            return now
+        return None
+
+    def receive(self, batch: Inbound, now: float) -> None:
+        """Queue a shuffled batch for the next step."""
+        if not self.inbox:
+            self.inbox_since = now
+        self.inbox.append(batch)
+        self.inbox_records += len(batch.records)
 
     # ------------------------------------------------------------------ one step
 
@@ -200,6 +240,7 @@ class PartitionTask:
         taken = 0
         while self.inbox and taken < self.ctx.batch_size * BATCHES_PER_COMMIT:
             batch = self.inbox.popleft()
+            self.inbox_records -= len(batch.records)
             mark = self.marks.get(batch.origin, 0)
             if batch.seq == mark + 1:
                 if batch.records:
@@ -212,11 +253,12 @@ class PartitionTask:
                     self.offsets[f"eos:{batch.origin}"] = True
                     commit.offsets[f"eos:{batch.origin}"] = pack(True)
             replies.append((batch.reply, self.marks.get(batch.origin, 0)))
+        state, puts = self.state, commit.state_puts
         for key in out.touched:
-            if key in self.state:
-                commit.state_puts[STATE + pack(key)] = pack(self.state[key])
+            if key in state:
+                puts[STATE + _packb(key)] = _packb(state[key])
             else:
-                commit.state_deletes.append(STATE + pack(key))
+                commit.state_deletes.append(STATE + _packb(key))
 
     def _end_of_stream(self, commit: Commit) -> None:
         for target in self.stage.outputs:
@@ -244,8 +286,9 @@ class PartitionTask:
     def _sink(self, name: str, records: list, commit: Commit) -> None:
         sink = self.ctx.plan.sinks[name]
         if isinstance(sink, TableSink):
+            prefix, puts = table_prefix(name), commit.state_puts
             for key, value in records:
-                commit.state_puts[table_key(name, key)] = pack(value)
+                puts[prefix + _packb(key)] = _packb(value)
         elif isinstance(sink, FilesSink):
             self._append_file(name, sink, records, commit)
         # publish: live stream, delivered by the runtime after the commit (not stored)
@@ -288,9 +331,9 @@ class PartitionTask:
             self.sent[dest] = min(self.sent.get(dest, 0), queue[0][0] - 1 if queue else 0)
             return
         if queue and queue[0][0] <= mark:
-            listed = {s for d, s in self.acked if d == dest}
-            self.acked.extend((dest, seq) for seq, _ in queue
-                              if seq <= mark and seq not in listed)
+            upto = self._acked_upto.get(dest, 0)
+            self.acked.extend((dest, seq) for seq, _ in queue if upto < seq <= mark)
+            self._acked_upto[dest] = max(upto, mark)
         if mark < self.sent.get(dest, 0) and queue and queue[-1][0] > mark:
             # the receiver lacks something we sent (lost or refused): resend from its mark
             self.sent[dest] = mark
