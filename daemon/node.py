@@ -96,8 +96,8 @@ class Node:
         self.membership.leave()
 
     def _member_changed(self, member: Member) -> None:
-        if member.status in (Status.DEAD, Status.LEFT, Status.ALIVE):
-            # Died, left or came back: requests in flight to it will get no answer.
+        if member.status in (Status.DEAD, Status.LEFT):
+            # Requests in flight to it will get no answer: fail them now, not at their timeout.
             self.transport.cancel(member.address)
 
     def _refused(self, reason: str) -> None:

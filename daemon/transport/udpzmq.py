@@ -164,6 +164,8 @@ class UdpZmqTransport:
 
     def _read_dealer(self, dealer: zmq.Socket) -> None:
         for _ in range(_DRAIN):
+            if dealer.closed:  # a reply handler cancelled this peer's requests
+                return
             try:
                 frames = dealer.recv_multipart(flags=zmq.NOBLOCK)
             except zmq.Again:
