@@ -76,6 +76,24 @@ def rows(node: "Node", args: dict[str, Any]) -> dict[str, list]:
     return node.flows.rows(args)
 
 
+def local_progress(node: "Node", args: dict[str, Any]) -> dict[str, Any]:
+    """This member's per-stage figures for a flow version (asked by other members)."""
+    return node.flows.runtime.status().get(_arg(args, "flow", str), {})
+
+
+def progress(node: "Node", args: dict[str, Any], respond: Respond) -> None:
+    """A flow's record with per-stage figures summed over every member holding it."""
+    record = node.flows.registry.get(_arg(args, "name", str))
+
+    def done(stages: dict, error: str | None) -> None:
+        total, finished = node.flows.progress.get(flow_id(record), (0, set()))
+        respond(MessageType.API_REPLY, {"result": {
+            **record.summary(), "tasks": total, "tasks_done": len(finished), "stages": stages,
+            "incomplete": error or ""}})
+
+    node.flows.progress_of(args, done)
+
+
 def query(node: "Node", args: dict[str, Any], respond: Respond) -> None:
     """A flow's table (or one key of it), gathered from every member holding a part."""
     _arg(args, "name", str)
@@ -101,9 +119,10 @@ def _arg(args: dict[str, Any], name: str, kind: type) -> Any:
 
 OPS: dict[str, Callable[["Node", dict[str, Any]], Any]] = {
     "members": members, "ring": ring, "status": status, "submit": submit, "flows": flows,
-    "flow": flow, "cancel": cancel, "rows": rows,
+    "flow": flow, "cancel": cancel, "rows": rows, "local_progress": local_progress,
 }
-DEFERRED_OPS: dict[str, Callable[["Node", dict[str, Any], Respond], None]] = {"query": query}
+DEFERRED_OPS: dict[str, Callable[["Node", dict[str, Any], Respond], None]] = {
+    "query": query, "progress": progress}
 
 
 def handle(node: "Node", op: str, args: dict[str, Any], respond: Respond) -> None:

@@ -153,13 +153,19 @@ def ring(ask: Callable[..., Any], as_json: bool) -> None:
 def status(ask: Callable[..., Any], as_json: bool, flow: str | None) -> None:
     """The daemon itself (health, counters), or with FLOW that flow's state."""
     if flow is not None:
-        record = ask("flow", {"name": flow})
-        record.pop("text", None)
+        record = ask("progress", {"name": flow})
         if as_json:
             _print_json(record)
-        else:
-            for key in ("name", "version", "status", "error", "path", "submitted"):
-                click.echo(f"{key}: {record[key]}")
+            return
+        for key in ("name", "version", "status", "error", "path"):
+            click.echo(f"{key}: {record[key]}")
+        click.echo(f"tasks done: {record['tasks_done']} of {record['tasks']}")
+        _print_table([[stage, f["records_in"], f["records_out"], f"{f['done']}/{f['tasks']}",
+                       f["unacked"]] for stage, f in sorted(record["stages"].items(),
+                                                             key=lambda kv: int(kv[0].split()[0]))],
+                     ["STAGE", "RECORDS IN", "RECORDS OUT", "PARTITIONS DONE", "UNACKED"])
+        if record["incomplete"]:
+            click.echo(f"incomplete: {record['incomplete']}")
         return
     result = ask("status")
     if as_json:

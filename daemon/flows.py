@@ -220,33 +220,67 @@ class FlowService:
         """Gather the table of flow ``name`` (or one ``key``) from every member holding it."""
         record = self.registry.get(args["name"])
         request = {"flow": flow_id(record), "key": args.get("key")}
-        owners = sorted(set(record.members))
-        pending = {"left": len(owners), "rows": {}, "missing": []}
 
-        def add(member: str, rows: dict | None) -> None:
-            if rows is None:
-                pending["missing"].append(member)
-            else:
+        def merge(answers: dict[str, Any]) -> dict[str, list]:
+            tables: dict[str, list] = {}
+            for rows in answers.values():
                 for sink, pairs in rows.items():
-                    pending["rows"].setdefault(sink, []).extend(pairs)
-            pending["left"] -= 1
-            if pending["left"] == 0:
-                missing = pending["missing"]
-                reply(pending["rows"], f"no answer from {', '.join(missing)}, which hold part "
-                      f"of flow {record.name}: try again when they are back" if missing else None)
+                    tables.setdefault(sink, []).extend(pairs)
+            return tables
+
+        self.gather(record, "rows", request, self.rows, merge, reply)
+
+    def progress_of(self, args: dict[str, Any],
+                    reply: Callable[[Any, str | None], None]) -> None:
+        """Per stage, summed over every member: records in/out, tasks done, unacknowledged."""
+        record = self.registry.get(args["name"])
+        fid = flow_id(record)
+
+        def local(request: dict[str, Any]) -> dict:
+            return self.runtime.status().get(request["flow"], {})
+
+        def merge(answers: dict[str, Any]) -> dict[str, dict[str, int]]:
+            stages: dict[str, dict[str, int]] = {}
+            for per_stage in answers.values():
+                for stage, figures in per_stage.items():
+                    total = stages.setdefault(stage, dict.fromkeys(figures, 0))
+                    for name, value in figures.items():
+                        total[name] = total.get(name, 0) + value
+            return stages
+
+        self.gather(record, "local_progress", {"flow": fid}, local, merge, reply)
+
+    def gather(self, record: FlowRecord, op: str, request: dict[str, Any],
+               local: Callable[[dict[str, Any]], Any], merge: Callable[[dict[str, Any]], Any],
+               reply: Callable[[Any, str | None], None]) -> None:
+        """Ask every member holding partitions of ``record`` (ourselves through ``local``)
+        and ``reply(merge(answers), error)``; the error names members that did not answer."""
+        owners = sorted(set(record.members))
+        answers: dict[str, Any] = {}
+        missing: list[str] = []
+
+        def add(member: str, answer: Any) -> None:
+            if answer is None:
+                missing.append(member)
+            else:
+                answers[member] = answer
+            if len(answers) + len(missing) == len(owners):
+                reply(merge(answers), f"no answer from {', '.join(sorted(missing))}, which "
+                      f"hold part of flow {record.name}: try again when they are back"
+                      if missing else None)
 
         for member in owners:
             if member == self.node.name:
-                add(member, self.rows(request))
+                add(member, local(request))
             else:
-                self._ask_rows(member, request, add)
+                self._ask(member, op, request, add)
 
-    def _ask_rows(self, member: str, request: dict, add: Callable[[str, Any], None]) -> None:
+    def _ask(self, member: str, op: str, request: dict, add: Callable[[str, Any], None]) -> None:
         target = self.node.membership.members.get(member)
         if target is None or target.status not in (Status.ALIVE, Status.SUSPECT):
             add(member, None)
             return
-        data = self.node.codec.encode(MessageType.API_REQUEST, {"op": "rows", "args": request})
+        data = self.node.codec.encode(MessageType.API_REQUEST, {"op": op, "args": request})
 
         def on_reply(answer: bytes | None) -> None:
             try:

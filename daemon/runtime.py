@@ -99,6 +99,7 @@ class Runtime:
         self._running = False
         self._outgoing: dict[str, list[tuple[list, TaskId, str]]] = {}
         self._in_flight: set[str] = set()  # members with a shuffle message on its way
+        self._final: dict[str, dict] = {}  # figures of flows that stopped here
         self._ready: dict[TaskId, PartitionTask] = {}
         """Tasks that may have work: checked, stepped, and kept while they still have."""
 
@@ -181,7 +182,7 @@ class Runtime:
             if fid != flow_id(record) or record.status != "running":
                 log.info("event=flow_stopped member=%s flow=%s status=%s",
                          self.me, fid, record.status)
-                del self.flows[fid]
+                self._final[fid] = self._figures(self.flows.pop(fid))
         if record.status != "running" or flow_id(record) in self.flows:
             return
         try:
@@ -273,17 +274,23 @@ class Runtime:
                 self.hooks.progress(running.id, running.total, done)
 
     def status(self) -> dict[str, Any]:
-        """Per flow, per stage: records in/out and partitions done (approximate, racy read)."""
-        out = {}
+        """Per flow, per stage ("id name"): records in/out, tasks done, outputs unacknowledged
+        (read from the event-loop thread: approximate, never blocking). Flows that stopped
+        keep their last figures."""
+        out = dict(self._final)
         for fid, running in list(self.flows.items()):
-            stages: dict[str, dict[str, int]] = {}
-            for (stage, _), task in list(running.tasks.items()):
-                s = stages.setdefault(str(stage), {"records_in": 0, "records_out": 0, "done": 0,
-                                                   "tasks": 0, "unacked": 0})
-                s["unacked"] += sum(map(len, task.pending.values()))
-                s["records_in"] += task.records_in
-                s["records_out"] += task.records_out
-                s["done"] += task.done
-                s["tasks"] += 1
-            out[fid] = stages
+            out[fid] = self._figures(running)
         return out
+
+    @staticmethod
+    def _figures(running: RunningFlow) -> dict[str, dict[str, int]]:
+        stages: dict[str, dict[str, int]] = {}
+        for (stage, _), task in list(running.tasks.items()):
+            s = stages.setdefault(f"{stage} {task.stage.name}", {
+                "records_in": 0, "records_out": 0, "done": 0, "tasks": 0, "unacked": 0})
+            s["unacked"] += sum(map(len, task.pending.values()))
+            s["records_in"] += task.records_in
+            s["records_out"] += task.records_out
+            s["done"] += task.done
+            s["tasks"] += 1
+        return stages

@@ -180,3 +180,40 @@ def test_every_keyed_operator_matches_the_local_runner(cluster: Cluster, tmp_pat
     kept = [i for i in range(5000) if i % 7]
     assert table(cluster, "n2", "operators", "sums") == {
         str(k): sum(2 * i for i in kept if i % 13 == k) for k in range(13)}
+
+
+JSONL_TO_FILES = '''
+from nodes import Flow, sources, sinks
+flow = Flow("sales")
+(flow.source(sources.jsonl("sales/*.jsonl"))
+     .key_by(lambda sale: sale["shop"])
+     .map_values(lambda sale: sale["amount"])
+     .sum()
+     .sink(sinks.files("out")))
+'''
+
+
+def test_jsonl_source_and_files_sink_on_the_cluster(cluster: Cluster, tmp_path: Path) -> None:
+    cluster.start_many(THREE)
+    (tmp_path / "sales").mkdir()
+    expected: Counter = Counter()
+    for f in range(3):
+        lines = []
+        for i in range(2000):
+            shop, amount = f"shop{(i * 7 + f) % 23}", (i % 17) + f
+            expected[shop] += amount
+            lines.append(json.dumps({"shop": shop, "amount": amount}))
+        (tmp_path / "sales" / f"day{f}.jsonl").write_text("\n".join(lines) + "\n")
+    result = submit(cluster, "n0", write(tmp_path, "sales.py", JSONL_TO_FILES), "--wait")
+    assert result.returncode == 0, result.stderr
+    latest: dict = {}
+    parts = sorted((tmp_path / "out").glob("part-*.jsonl"))
+    assert parts
+    for part in parts:
+        for line in part.read_text().splitlines():
+            shop, total = json.loads(line)
+            assert total >= latest.get(shop, 0)  # a changelog: totals only grow
+            latest[shop] = total
+    assert latest == expected
+    local = run(load_flow(JSONL_TO_FILES, str(tmp_path / "sales.py")))
+    assert {k: v for records in local.files.values() for k, v in records} == expected
