@@ -76,6 +76,19 @@ def test_stdlib_wordcount_on_three_daemons_is_exact(cluster: Cluster, tmp_path: 
     key, count = expected.most_common(1)[0]
     answer = cli("query", "wordcount", key, "--node", cluster["n2"].address)
     assert answer.returncode == 0 and answer.stdout.strip() == str(count)
+    # status FLOW: per-stage figures summed over the three daemons
+    status = cluster.request("n2", "progress", args={"name": "wordcount"}, timeout=5.0)
+    assert status["status"] == "completed" and status["tasks_done"] == status["tasks"] == 512
+    stages = status["stages"]
+    assert set(stages) == {"0 source", "1 count"}
+    assert all(s["done"] == s["tasks"] == 256 and s["unacked"] == 0 for s in stages.values())
+    lines = 0
+    for path in glob.glob(STDLIB):
+        data = Path(path).read_bytes()
+        lines += data.count(b"\n") + (1 if data and not data.endswith(b"\n") else 0)
+    assert stages["0 source"]["records_in"] == lines
+    assert stages["1 count"]["records_in"] == stages["0 source"]["records_out"]
+    assert stages["1 count"]["records_out"] >= len(expected)
 
 
 def test_wordcount_exact_after_kill_9_and_restart_mid_flow(cluster: Cluster,
