@@ -94,6 +94,23 @@ def progress(node: "Node", args: dict[str, Any], respond: Respond) -> None:
     node.flows.progress_of(args, done)
 
 
+def published(node: "Node", args: dict[str, Any]) -> dict[str, Any]:
+    """This member's published records of a flow version after a cursor."""
+    records, cursor = node.flows.runtime.published.since(_arg(args, "flow", str),
+                                                         _arg(args, "cursor", int))
+    return {"records": records, "cursor": cursor}
+
+
+def tail(node: "Node", args: dict[str, Any], respond: Respond) -> None:
+    """Published records of a flow from every member, after the client's cursors."""
+    _arg(args, "name", str)
+
+    def done(result: dict[str, Any], error: str | None) -> None:
+        respond(MessageType.API_REPLY, {"result": {**result, "incomplete": error or ""}})
+
+    node.flows.tail(args, done)
+
+
 def query(node: "Node", args: dict[str, Any], respond: Respond) -> None:
     """A flow's table (or one key of it), gathered from every member holding a part."""
     _arg(args, "name", str)
@@ -120,9 +137,10 @@ def _arg(args: dict[str, Any], name: str, kind: type) -> Any:
 OPS: dict[str, Callable[["Node", dict[str, Any]], Any]] = {
     "members": members, "ring": ring, "status": status, "submit": submit, "flows": flows,
     "flow": flow, "cancel": cancel, "rows": rows, "local_progress": local_progress,
+    "published": published,
 }
 DEFERRED_OPS: dict[str, Callable[["Node", dict[str, Any], Respond], None]] = {
-    "query": query, "progress": progress}
+    "query": query, "progress": progress, "tail": tail}
 
 
 def handle(node: "Node", op: str, args: dict[str, Any], respond: Respond) -> None:

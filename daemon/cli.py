@@ -264,6 +264,37 @@ def query(ask: Callable[..., Any], as_json: bool, name: str, key: str | None,
 
 @main.command()
 @click.argument("name")
+@click.option("--from-start", is_flag=True,
+              help="Begin with what the daemons still hold, not only what comes next.")
+@click.option("--count", type=int, default=None, help="Stop after this many records.")
+@click.option("--interval", type=float, default=0.2, show_default=True,
+              help="Seconds between polls.")
+@client_command
+def tail(ask: Callable[..., Any], as_json: bool, name: str, from_start: bool,
+         count: int | None, interval: float) -> None:
+    """Print what flow NAME's publish sinks publish, as JSON lines, until Ctrl-C."""
+    cursors: dict[str, int] = {}
+    shown = 0
+    first = True
+    try:
+        while count is None or shown < count:
+            result = ask("tail", {"name": name, "cursors": cursors})
+            cursors.update(result["cursors"])
+            if not first or from_start:
+                for sink, record in result["records"]:
+                    if count is not None and shown >= count:
+                        break
+                    click.echo(json.dumps(record) if not as_json else
+                               json.dumps({"sink": sink, "record": record}))
+                    shown += 1
+            first = False
+            time.sleep(interval)
+    except KeyboardInterrupt:
+        pass
+
+
+@main.command()
+@click.argument("name")
 @client_command
 def cancel(ask: Callable[..., Any], as_json: bool, name: str) -> None:
     """Stop flow NAME everywhere."""

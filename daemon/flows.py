@@ -250,6 +250,27 @@ class FlowService:
 
         self.gather(record, "local_progress", {"flow": fid}, local, merge, reply)
 
+    def tail(self, args: dict[str, Any], reply: Callable[[Any, str | None], None]) -> None:
+        """What publish sinks of flow ``name`` published after each member's cursor."""
+        record = self.registry.get(args["name"])
+        cursors = args.get("cursors") or {}
+        if not isinstance(cursors, dict):
+            raise ValueError("cursors must map member names to numbers")
+
+        def local(request: dict[str, Any]) -> dict[str, Any]:
+            records, cursor = self.runtime.published.since(request["flow"],
+                                                           int(request.get("cursor", 0)))
+            return {"records": records, "cursor": cursor}
+
+        def merge(answers: dict[str, Any]) -> dict[str, Any]:
+            return {"records": [r for a in answers.values() for r in a["records"]],
+                    "cursors": {m: a["cursor"] for m, a in answers.items()}}
+
+        fid = flow_id(record)
+        owners = sorted(set(record.members))
+        per_member = {m: {"flow": fid, "cursor": cursors.get(m, 0)} for m in owners}
+        self.gather(record, "published", per_member, local, merge, reply)
+
     def gather(self, record: FlowRecord, op: str, request: dict[str, Any],
                local: Callable[[dict[str, Any]], Any], merge: Callable[[dict[str, Any]], Any],
                reply: Callable[[Any, str | None], None]) -> None:
@@ -270,10 +291,11 @@ class FlowService:
                       if missing else None)
 
         for member in owners:
+            mine = request.get(member, request) if op == "published" else request
             if member == self.node.name:
-                add(member, local(request))
+                add(member, local(mine))
             else:
-                self._ask(member, op, request, add)
+                self._ask(member, op, mine, add)
 
     def _ask(self, member: str, op: str, request: dict, add: Callable[[str, Any], None]) -> None:
         target = self.node.membership.members.get(member)

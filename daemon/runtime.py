@@ -28,6 +28,7 @@ from nodes.plan import plan as make_plan
 
 from .errors import GossipflowError
 from .placement import place
+from .publish import PublishBuffer
 from .registry import FlowRecord
 from .store import Store, TaskId
 from .task import FlowContext, Inbound, PartitionTask, decode_batch
@@ -64,13 +65,15 @@ class RunningFlow:
     """One flow version's tasks on this member."""
 
     def __init__(self, record: FlowRecord, me: str, partitions: int, replicas: int,
-                 store: Store, send: Callable[..., None], batch_size: int) -> None:
+                 store: Store, send: Callable[..., None], publish: PublishBuffer,
+                 batch_size: int) -> None:
         self.record = record
         self.id = flow_id(record)
         self.plan = make_plan(load_flow(record.text, record.path))
         self.owners = [s[0] for s in place(record.members, partitions, replicas)]
         self.partitions = partitions
-        ctx = FlowContext(self.id, self.plan, partitions, store, send, batch_size=batch_size)
+        ctx = FlowContext(self.id, self.plan, partitions, store, send, publish.append,
+                          batch_size=batch_size)
         ctx.splits = {name: source.splits(partitions) for name, source in self.plan.sources.items()}
         self.tasks: dict[tuple[int, int], PartitionTask] = {}
         for stage in self.plan.stages:
@@ -100,6 +103,7 @@ class Runtime:
         self._outgoing: dict[str, list[tuple[list, TaskId, str]]] = {}
         self._in_flight: set[str] = set()  # members with a shuffle message on its way
         self._final: dict[str, dict] = {}  # figures of flows that stopped here
+        self.published = PublishBuffer()
         self._ready: dict[TaskId, PartitionTask] = {}
         """Tasks that may have work: checked, stepped, and kept while they still have."""
 
@@ -187,7 +191,7 @@ class Runtime:
             return
         try:
             running = RunningFlow(record, self.me, self.partitions, self.replicas, self.store,
-                                  self._send, self.batch_size)
+                                  self._send, self.published, self.batch_size)
         except (FlowError, GossipflowError, OSError) as err:
             log.error("event=flow_failed member=%s flow=%s error=%r", self.me, record.name, str(err))
             self.hooks.failed(record, str(err))

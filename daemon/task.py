@@ -101,6 +101,8 @@ class FlowContext:
     store: Store
     send: Callable[[TaskId, str, int, bytes], None]
     """send(from task, destination "stage/partition", seq, payload): hand to the network."""
+    publish: Callable[[str, str, list], None] = lambda flow, sink, records: None
+    """publish(flow id, sink name, records): the live stream, after the commit."""
     splits: dict[str, list] = field(default_factory=dict)
     batch_size: int = 1000
 
@@ -199,6 +201,7 @@ class PartitionTask:
             self._take_inbox(out, commit, replies)  # after end of stream: late duplicates
         elif not self.offsets.get(EOS_SENT):
             self._read_source(out, commit)
+        self._published: list[tuple[str, list]] = []
         self._emit(out, commit)
         if not self.offsets.get(EOS_SENT) and self.input_done:
             self._end_of_stream(commit)  # after the last data, so it gets the last sequences
@@ -206,6 +209,8 @@ class PartitionTask:
         if commit.state_puts or commit.state_deletes or commit.offsets or commit.marks \
                 or commit.outbox_puts or commit.outbox_deletes:
             self._commit(commit)
+        for name, records in self._published:
+            self.ctx.publish(self.id.flow, name, records)
         for reply, mark in replies:
             reply(mark)
         self.pump()
@@ -291,7 +296,8 @@ class PartitionTask:
                 puts[prefix + _packb(key)] = _packb(value)
         elif isinstance(sink, FilesSink):
             self._append_file(name, sink, records, commit)
-        # publish: live stream, delivered by the runtime after the commit (not stored)
+        else:  # publish: a live stream, not stored; it goes out after the commit
+            self._published.append((name, records))
 
     def _append_file(self, name: str, sink: FilesSink, records: list, commit: Commit) -> None:
         """Append to this partition's file; the committed length makes it exactly-once."""

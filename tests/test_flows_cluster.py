@@ -230,3 +230,26 @@ def test_jsonl_source_and_files_sink_on_the_cluster(cluster: Cluster, tmp_path: 
     assert latest == expected
     local = run(load_flow(JSONL_TO_FILES, str(tmp_path / "sales.py")))
     assert {k: v for records in local.files.values() for k, v in records} == expected
+
+
+PUBLISH = '''
+from nodes import Flow, sources, sinks
+flow = Flow("squares")
+(flow.source(sources.generate(500, lambda i: i))
+     .map(lambda i: {"n": i, "square": i * i})
+     .sink(sinks.publish()))
+'''
+
+
+def test_publish_sink_is_tailed_through_any_daemon(cluster: Cluster, tmp_path: Path) -> None:
+    cluster.start_many(THREE)
+    result = submit(cluster, "n1", write(tmp_path, "squares.py", PUBLISH), "--wait")
+    assert result.returncode == 0, result.stderr
+    tailed = cli("tail", "squares", "--from-start", "--count", "500", "--node",
+                 cluster["n2"].address, timeout=30)
+    assert tailed.returncode == 0, tailed.stderr
+    records = [json.loads(line) for line in tailed.stdout.splitlines()]
+    assert sorted(records, key=lambda r: r["n"]) == [{"n": i, "square": i * i}
+                                                     for i in range(500)]
+    local = run(load_flow(PUBLISH, str(tmp_path / "squares.py")))
+    assert sorted(r["n"] for r in local.published) == list(range(500))
