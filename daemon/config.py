@@ -95,7 +95,8 @@ class Config:
         if self.gossip_interval < 0 or self.gossip_to_dead < 0:
             raise ConfigError("gossip_interval and gossip_to_dead must be >= 0")
         if not 1 <= self.suspicion_max_mult <= 100:
-            raise ConfigError(f"suspicion_max_mult must be in 1..100, got {self.suspicion_max_mult}")
+            raise ConfigError(
+                f"suspicion_max_mult must be in 1..100, got {self.suspicion_max_mult}")
         for name, low, high in [("indirect_checks", 0, 16), ("suspicion_mult", 1, 20),
                                 ("awareness_max", 1, 64), ("retransmit_mult", 1, 20),
                                 ("gossip_nodes", 1, 64), ("max_packet_size", 512, 65000),

@@ -203,7 +203,8 @@ class Membership:
     # ------------------------------------------------------------------ timers
 
     def _every(self, interval: float, tick: Callable[[], None], scaled: bool = False) -> None:
-        """Run ``tick`` every ``interval`` from a random phase (stretched by local health if ``scaled``)."""
+        """Run ``tick`` every ``interval`` from a random phase (stretched by local health
+        if ``scaled``)."""
         def run() -> None:
             if not self.running:
                 return
@@ -426,7 +427,8 @@ class Membership:
         """Answer a PUSH_PULL request: check compatibility, merge theirs, return ours."""
         reason = meta_mismatch(self.meta, body["m"])
         if reason:
-            log.error("event=join_refused member=%s from=%s reason=%r", self.name, body["f"], reason)
+            log.error("event=join_refused member=%s from=%s reason=%r",
+                      self.name, body["f"], reason)
             self.stats["refused_members"] += 1
             return MessageType.ERROR, {"error": f"member {self.name} refused {body['f']}: {reason}"}
         self._merge_state(body["f"], body["st"])
@@ -438,10 +440,10 @@ class Membership:
         return {field: get() for field, (get, _) in self._exchanges.items()}
 
     def _exchange_in(self, peer: str, body: dict[str, Any]) -> None:
-        for field, (_, merge) in self._exchanges.items():
-            if field in body:
+        for name, (_, merge) in self._exchanges.items():
+            if name in body:
                 try:
-                    merge(body[field])
+                    merge(body[name])
                 except WireError as err:
                     self._drop(peer, err)
 
@@ -477,7 +479,8 @@ class Membership:
             self._push_pull(seed, True, on_done)
 
     def _push_pull_tick(self) -> None:
-        peers = [m for m in self.members.values() if m.status == Status.ALIVE and m.name != self.name]
+        peers = [m for m in self.members.values()
+                 if m.status == Status.ALIVE and m.name != self.name]
         if peers:
             self._push_pull(self.rng.choice(peers).address, False, lambda ok: None)
         self._reap_tombstones()

@@ -193,7 +193,8 @@ class Runtime:
             running = RunningFlow(record, self.me, self.partitions, self.replicas, self.store,
                                   self._send, self.published, self.batch_size)
         except (FlowError, GossipflowError, OSError) as err:
-            log.error("event=flow_failed member=%s flow=%s error=%r", self.me, record.name, str(err))
+            log.error("event=flow_failed member=%s flow=%s error=%r",
+                      self.me, record.name, str(err))
             self.hooks.failed(record, str(err))
             return
         self.flows[running.id] = running

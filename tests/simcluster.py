@@ -38,7 +38,8 @@ class SimCluster:
             codec: Codec | None = None) -> Membership:
         i = int(name[1:])
         member = Membership(
-            name, config or self.config, self.clock, self.net.transport(address(i)), codec or self.codec,
+            name, config or self.config, self.clock, self.net.transport(address(i)),
+            codec or self.codec,
             incarnation=self.incarnations.get(name, -1) + 1,
             rng=random.Random(self.rng.random()),
             on_incarnation=lambda inc, name=name: self.incarnations.__setitem__(name, inc),

@@ -85,7 +85,8 @@ def test_message_type_values_are_frozen():
     """Part of the wire protocol: append only, never renumber."""
     assert {t.name: t.value for t in MessageType} == {
         "PING": 1, "PING_REQ": 2, "ACK": 3, "NACK": 4, "GOSSIP": 5, "PUSH_PULL": 6,
-        "PUSH_PULL_REPLY": 7, "API_REQUEST": 8, "API_REPLY": 9, "ERROR": 10, "FLOW_UPDATE": 11, "DATA": 12}
+        "PUSH_PULL_REPLY": 7, "API_REQUEST": 8, "API_REPLY": 9, "ERROR": 10, "FLOW_UPDATE": 11,
+        "DATA": 12}
 
 
 def test_secret_length_is_checked():
