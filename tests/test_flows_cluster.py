@@ -174,7 +174,8 @@ keyed.fold(lambda: 0, lambda acc, i: acc + 1, name="fold").sink(sinks.table(), n
 (keyed.stateful_map(lambda s, i: ((s or 0) + i, (s or 0) + i), name="running")
       .sink(sinks.table(), name="running_totals"))
 words = flow.source(sources.generate(300, lambda i: f"w{i % 11} w{i % 5}"), name="words")
-(words.flat_map(str.split).map(str.upper).inspect(lambda w: None)
+more = flow.source(sources.generate(50, lambda i: f"x{i % 3}"), name="more")
+(words.flat_map(str.split).map(str.upper).inspect(lambda w: None).merge(more)
       .key_by(lambda w: w).count(name="wc").sink(sinks.table(), name="word_counts"))
 '''
 
@@ -253,3 +254,36 @@ def test_publish_sink_is_tailed_through_any_daemon(cluster: Cluster, tmp_path: P
                                                      for i in range(500)]
     local = run(load_flow(PUBLISH, str(tmp_path / "squares.py")))
     assert sorted(r["n"] for r in local.published) == list(range(500))
+
+
+def test_replace_runs_the_new_text_and_cancel_stops_a_flow(cluster: Cluster,
+                                                           tmp_path: Path) -> None:
+    cluster.start_many(THREE)
+    text = "\n".join([
+        "from nodes import Flow, sources, sinks",
+        "flow = Flow('numbers')",
+        "(flow.source(sources.generate(1000, lambda i: i)).key_by(lambda i: str(i % {m}))",
+        "     .count().sink(sinks.table()))", ""])
+    path = write(tmp_path, "numbers.py", text.format(m=3))
+    assert submit(cluster, "n0", path, "--wait").returncode == 0
+    assert table(cluster, "n1", "numbers") == {"0": 334, "1": 333, "2": 333}
+    again = submit(cluster, "n1", path)
+    assert again.returncode == 0 and "already registered" in again.stdout
+    write(tmp_path, "numbers.py", text.format(m=2))
+    refused = submit(cluster, "n2", path)
+    assert refused.returncode == 2 and "--replace" in refused.stderr
+    assert submit(cluster, "n2", path, "--replace", "--wait").returncode == 0
+    assert table(cluster, "n0", "numbers") == {"0": 500, "1": 500}
+
+    endless = write(tmp_path, "endless.py", "\n".join([
+        "from nodes import Flow, sources, sinks",
+        "flow = Flow('endless')",
+        "flow.source(sources.generate(None, lambda i: i)).map(str).sink(sinks.publish())", ""]))
+    assert submit(cluster, "n0", endless).returncode == 0
+    wait_for(lambda: flow_record(cluster, "n2", "endless")["status"] == "running", 10)
+    assert cli("cancel", "endless", "--node", cluster["n1"].address).returncode == 0
+    wait_for(lambda: all(flow_record(cluster, n, "endless")["status"] == "cancelled"
+                         for n in THREE), 10, message="cancelled everywhere")
+    listed = cli("flows", "--json", "--node", cluster["n2"].address)
+    assert {f["name"]: f["status"] for f in json.loads(listed.stdout)} == {
+        "numbers": "completed", "endless": "cancelled"}
