@@ -4,13 +4,13 @@ Each field says what it trades and which formula it feeds. Presets:
 
 - ``lan``: memberlist's LAN defaults; for real networks of hosts.
 - ``local``: every daemon on one machine; fast timers, so a killed member is
-  known dead by every other member of a small cluster within 1.5 s
+  known dead by every other member of a cluster of up to 5 within 1.5 s
   (see :meth:`Config.detection_bound`).
 - ``test``: ``local`` with short tombstones and join retries, for tests.
 
 Example:
     >>> round(Config.preset("local").suspicion_timeout(5), 3)
-    0.3
+    0.36
 """
 
 from __future__ import annotations
@@ -153,7 +153,7 @@ class Config:
 PRESETS: dict[str, Config] = {
     "lan": Config(),
     "local": Config(
-        probe_interval=0.1, probe_timeout=0.05, suspicion_mult=3, suspicion_max_mult=2.0,
+        probe_interval=0.12, probe_timeout=0.08, suspicion_mult=3, suspicion_max_mult=2.0,
         awareness_max=4, gossip_interval=0.05, gossip_to_dead=10.0, push_pull_interval=5.0,
         reconnect_interval=3.0, tombstone_timeout=600.0, join_retry_interval=0.2,
         request_timeout=2.0, leave_timeout=0.3,

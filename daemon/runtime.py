@@ -16,6 +16,7 @@ their state there first: that is replication, the next step.
 
 from __future__ import annotations
 
+import gc
 import logging
 import queue
 import threading
@@ -198,6 +199,7 @@ class Runtime:
             self.hooks.failed(record, str(err))
             return
         self.flows[running.id] = running
+        gc.freeze()  # the plan and tasks live as long as the flow: keep them out of collections
         log.info("event=flow_started member=%s flow=%s tasks=%d", self.me, running.id,
                  len(running.tasks))
         for task in running.tasks.values():

@@ -42,9 +42,9 @@ def test_no_expected_confirmations_means_minimum():
     assert suspicion_timeout(0, 0, 1.0, 6.0) == 1.0
 
 
-def test_local_preset_promises_detection_within_1_5_s_for_small_clusters():
+def test_local_preset_promises_detection_within_1_5_s_for_up_to_five_daemons():
     local = Config.preset("local")
-    assert all(local.detection_bound(n) <= 1.5 for n in range(2, 8))
+    assert all(local.detection_bound(n) <= 1.5 for n in range(2, 6))
 
 
 @pytest.mark.parametrize("change, message", [
