@@ -70,10 +70,11 @@ def cancel(node: "Node", args: dict[str, Any]) -> dict[str, Any]:
     return node.flows.set_status(_arg(args, "name", str), "cancelled").summary()
 
 
-def rows(node: "Node", args: dict[str, Any]) -> dict[str, list]:
+def rows(node: "Node", args: dict[str, Any], respond: Respond) -> None:
     """Table rows this member holds for a flow version (asked by other members' queries)."""
     _arg(args, "flow", str)
-    return node.flows.rows(args)
+    node.flows.runtime.rows(args, lambda result: respond(MessageType.API_REPLY,
+                                                        {"result": result}))
 
 
 def local_progress(node: "Node", args: dict[str, Any]) -> dict[str, Any]:
@@ -136,11 +137,11 @@ def _arg(args: dict[str, Any], name: str, kind: type) -> Any:
 
 OPS: dict[str, Callable[["Node", dict[str, Any]], Any]] = {
     "members": members, "ring": ring, "status": status, "submit": submit, "flows": flows,
-    "flow": flow, "cancel": cancel, "rows": rows, "local_progress": local_progress,
+    "flow": flow, "cancel": cancel, "local_progress": local_progress,
     "published": published,
 }
 DEFERRED_OPS: dict[str, Callable[["Node", dict[str, Any], Respond], None]] = {
-    "query": query, "progress": progress, "tail": tail}
+    "query": query, "progress": progress, "tail": tail, "rows": rows}
 
 
 def handle(node: "Node", op: str, args: dict[str, Any], respond: Respond) -> None:

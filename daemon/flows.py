@@ -1,11 +1,11 @@
 """The flow service of a daemon: registry, runtime, progress and queries, on the event loop.
 
 It owns the member's copy of the flow registry (and spreads changes), feeds
-the runtime what it must run and what arrives for it, turns the runtime's
-requests into network traffic, merges everyone's task progress (a grow-only
-set per flow version: the flow is ``completed`` once every task of every
-stage is done somewhere) and answers queries by asking every member that
-holds partitions of the flow.
+the runtime process (:mod:`daemon.worker`) what it must run and what arrives
+for it, turns the runtime's requests into network traffic, merges everyone's
+task progress (a grow-only set per flow version: the flow is ``completed``
+once every task of every stage is done somewhere) and answers queries by
+asking every member that holds partitions of the flow.
 """
 
 from __future__ import annotations
@@ -16,9 +16,8 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from .errors import DecodeError, RequestRefusedError, WireError
 from .registry import FlowRecord, Registry
-from .runtime import Hooks, Runtime, flow_id
-from .store import Store
-from .task import TABLE, unpack
+from .runtime import flow_id
+from .worker import WorkerProcess
 from .wire import MessageType, Status
 
 if TYPE_CHECKING:
@@ -36,13 +35,9 @@ class FlowService:
 
     def __init__(self, node: "Node") -> None:
         self.node = node
-        # Not fsynced per commit: a killed daemon loses nothing (the OS has every
-        # committed page); only a power loss could (see README, durability).
-        self.store = Store(node.data_dir / "store", sync=False)
-        self.runtime = Runtime(node.name, node.config.partitions, node.config.replicas,
-                               self.store, Hooks(send=self._send_from_worker,
-                                                 failed=self._failed_from_worker,
-                                                 progress=self._progress_from_worker))
+        self.runtime = WorkerProcess(node.name, node.config.partitions, node.config.replicas,
+                                     node.data_dir / "store", logging.getLogger().level,
+                                     self._from_worker)
         self.progress: dict[str, tuple[int, set[int]]] = {}
         self.registry = Registry(node.name, on_change=self._changed)
         self._flows_file = node.data_dir / "flows.json"
@@ -51,11 +46,10 @@ class FlowService:
         node.membership.add_state_exchange("pg", self._progress_out, self.merge_progress)
 
     def start(self) -> None:
-        self.runtime.start()
+        self.runtime.start(self.node.loop, self.node.worker_died)
 
     def stop(self) -> None:
         self.runtime.stop()
-        self.store.close()
 
     # ------------------------------------------------------------------ registry
 
@@ -130,10 +124,20 @@ class FlowService:
                 log.info("event=flow_completed member=%s flow=%s", self.node.name, fid)
                 self.set_status(name, "completed")
 
-    # ------------------------------------------------------------------ runtime hooks
+    # ------------------------------------------------------------------ the runtime process
 
-    def _send_from_worker(self, *args: Any) -> None:
-        self.node.loop.call_soon_threadsafe(self._send_data, *args)
+    def _from_worker(self, message: tuple) -> None:
+        kind = message[0]
+        if kind == "send":
+            _, send_id, member, entries = message
+            self._send_data(member, entries,
+                            lambda marks: self.runtime.post("marks", send_id, marks))
+        elif kind == "failed":
+            self._fail(FlowRecord.from_wire(message[1]), message[2])
+        elif kind == "progress":
+            _, fid, total, done = message
+            self.merge_progress([[fid, total, done]])
+            self.spread(pg=[[fid, total, done]])
 
     def _send_data(self, member: str, entries: list[list],
                    on_marks: Callable[[list | None], None]) -> None:
@@ -166,55 +170,17 @@ class FlowService:
                     and isinstance(entry[3], str) and isinstance(entry[4], int)
                     and isinstance(entry[5], bytes)):
                 raise DecodeError("DATA entries are [flow, stage, partition, origin, seq, data]")
-        loop, codec = self.node.loop, self.node.codec
-        marks: list = [None] * len(entries)
-        left = [len(entries)]
+        codec = self.node.codec
+        self.runtime.data(entries, lambda marks: reply(
+            codec.encode(MessageType.API_REPLY, {"result": marks})))
 
-        def answer() -> None:
-            reply(codec.encode(MessageType.API_REPLY, {"result": marks}))
-
-        def reply_mark(i: int, mark: int | None) -> None:  # called on the worker thread
-            marks[i] = mark
-            left[0] -= 1
-            if left[0] == 0:
-                loop.call_soon_threadsafe(answer)
-
-        if not entries:
-            answer()
-        for i, entry in enumerate(entries):
-            self.runtime.post("data", *entry, lambda mark, i=i: reply_mark(i, mark))
-
-    def _failed_from_worker(self, record: FlowRecord, error: str) -> None:
-        def fail() -> None:
-            current = self.registry.flows.get(record.name)
-            if current is not None and current.version == record.version \
-                    and current.status == "running":
-                self.set_status(record.name, "failed", error)
-        self.node.loop.call_soon_threadsafe(fail)
-
-    def _progress_from_worker(self, fid: str, total: int, done: list[int]) -> None:
-        def report() -> None:
-            self.merge_progress([[fid, total, done]])
-            self.spread(pg=[[fid, total, done]])
-        self.node.loop.call_soon_threadsafe(report)
+    def _fail(self, record: FlowRecord, error: str) -> None:
+        current = self.registry.flows.get(record.name)
+        if current is not None and current.version == record.version \
+                and current.status == "running":
+            self.set_status(record.name, "failed", error)
 
     # ------------------------------------------------------------------ queries
-
-    def rows(self, args: dict[str, Any]) -> dict[str, list]:
-        """Table rows this member's store holds for a flow version: {sink: [[key, value]]}."""
-        fid, key = args["flow"], args.get("key")
-        out: dict[str, list] = {}
-        for task in self.store.tasks():
-            if task.flow != fid:
-                continue
-            for k, v in self.store.iter_state(task, start=TABLE):
-                if not k.startswith(TABLE):
-                    break
-                sink, _, packed = k[1:].partition(b"\x00")
-                row_key = unpack(packed)
-                if key is None or row_key == key:
-                    out.setdefault(sink.decode(), []).append([row_key, unpack(v)])
-        return out
 
     def query(self, args: dict[str, Any], reply: Callable[[Any, str | None], None]) -> None:
         """Gather the table of flow ``name`` (or one ``key``) from every member holding it."""
@@ -228,7 +194,7 @@ class FlowService:
                     tables.setdefault(sink, []).extend(pairs)
             return tables
 
-        self.gather(record, "rows", request, self.rows, merge, reply)
+        self.gather(record, "rows", request, self.runtime.rows, merge, reply)
 
     def progress_of(self, args: dict[str, Any],
                     reply: Callable[[Any, str | None], None]) -> None:
@@ -236,8 +202,8 @@ class FlowService:
         record = self.registry.get(args["name"])
         fid = flow_id(record)
 
-        def local(request: dict[str, Any]) -> dict:
-            return self.runtime.status().get(request["flow"], {})
+        def local(request: dict[str, Any], done: Callable[[Any], None]) -> None:
+            done(self.runtime.status().get(request["flow"], {}))
 
         def merge(answers: dict[str, Any]) -> dict[str, dict[str, int]]:
             stages: dict[str, dict[str, int]] = {}
@@ -257,10 +223,10 @@ class FlowService:
         if not isinstance(cursors, dict):
             raise ValueError("cursors must map member names to numbers")
 
-        def local(request: dict[str, Any]) -> dict[str, Any]:
+        def local(request: dict[str, Any], done: Callable[[Any], None]) -> None:
             records, cursor = self.runtime.published.since(request["flow"],
                                                            int(request.get("cursor", 0)))
-            return {"records": records, "cursor": cursor}
+            done({"records": records, "cursor": cursor})
 
         def merge(answers: dict[str, Any]) -> dict[str, Any]:
             return {"records": [r for a in answers.values() for r in a["records"]],
@@ -272,10 +238,12 @@ class FlowService:
         self.gather(record, "published", per_member, local, merge, reply)
 
     def gather(self, record: FlowRecord, op: str, request: dict[str, Any],
-               local: Callable[[dict[str, Any]], Any], merge: Callable[[dict[str, Any]], Any],
+               local: Callable[[dict[str, Any], Callable[[Any], None]], None],
+               merge: Callable[[dict[str, Any]], Any],
                reply: Callable[[Any, str | None], None]) -> None:
-        """Ask every member holding partitions of ``record`` (ourselves through ``local``)
-        and ``reply(merge(answers), error)``; the error names members that did not answer."""
+        """Ask every member holding partitions of ``record`` (ourselves through
+        ``local(request, done)``) and ``reply(merge(answers), error)``; the error names
+        members that did not answer."""
         owners = sorted(set(record.members))
         answers: dict[str, Any] = {}
         missing: list[str] = []
@@ -293,7 +261,7 @@ class FlowService:
         for member in owners:
             mine = request.get(member, request) if op == "published" else request
             if member == self.node.name:
-                add(member, local(mine))
+                local(mine, lambda answer, member=member: add(member, answer))
             else:
                 self._ask(member, op, mine, add)
 

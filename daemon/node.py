@@ -8,13 +8,11 @@ incarnation than any state the cluster holds about its earlier life).
 
 from __future__ import annotations
 
-import gc
 import json
 import logging
 import os
 import random
 import signal
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -72,12 +70,6 @@ class Node:
         if not self.codec.secured:
             log.warning("event=insecure member=%s detail=%r", self.name,
                         "no --secret-file: anyone who reaches this port can join the cluster")
-        # The runtime thread runs user code; switch threads often, so that the event
-        # loop (probes, acks, requests) never waits long for the interpreter.
-        sys.setswitchinterval(0.0005)
-        # A full collection holds the interpreter for tens of milliseconds once flows
-        # hold much state: collect rarely (gen0 every 50k allocations, gen2 seldom).
-        gc.set_threshold(50_000, 50, 100)
         self.membership.start(self.seeds)
         self.flows.start()
         try:
@@ -98,6 +90,11 @@ class Node:
         log.info("event=leaving member=%s", self.name)
         self.loop.clock.call_later(self.config.leave_timeout, self.loop.stop)
         self.membership.leave()
+
+    def worker_died(self) -> None:
+        """The runtime process ended under us: stop (a supervisor restarts the daemon)."""
+        self.exit_code = 1
+        self.loop.stop()
 
     def _member_changed(self, member: Member) -> None:
         if member.status in (Status.DEAD, Status.LEFT):

@@ -89,11 +89,10 @@ def test_stdlib_wordcount_on_three_daemons_is_exact(cluster: Cluster, tmp_path: 
     assert stages["0 source"]["records_in"] == lines
     assert stages["1 count"]["records_in"] == stages["0 source"]["records_out"]
     assert stages["1 count"]["records_out"] >= len(expected)
-    # a busy daemon is not a dead one: nobody was declared dead while the flow ran
-    # (a rare false *suspicion* under full load is still possible, and refuted; see README)
-    for node in THREE:
-        assert cluster.statuses(node) == dict.fromkeys(THREE, "alive")
-        assert "event=member_dead" not in cluster[node].log()
+    # a busy daemon is not a dead one: user code runs in the runtime process, so the
+    # flow at full load caused no suspicion anywhere
+    assert {node: cluster.stats(node).get("suspicions", 0) for node in THREE} == dict.fromkeys(
+        THREE, 0)
 
 
 def test_wordcount_exact_after_kill_9_and_restart_mid_flow(cluster: Cluster,

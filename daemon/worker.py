@@ -1,0 +1,253 @@
+"""The runtime in a process of its own, so user code never competes with probes.
+
+A daemon is two processes. The parent runs the event loop: membership, the
+network, client requests. The child (this module's :func:`worker_main`) runs
+the :class:`~daemon.runtime.Runtime` and owns the store: every user function
+runs there. They talk over a pipe; the parent's side is :class:`WorkerProcess`,
+which the flow service uses as it would use a runtime.
+
+Parent -> child: ``("flow", record)``, ``("data", id, entries)``,
+``("marks", id, marks)`` (answers to the child's sends), ``("rows", id, args)``.
+Child -> parent: ``("send", id, member, entries)``, ``("data_marks", id, marks)``,
+``("failed", record, error)``, ``("progress", fid, total, done)``,
+``("published", fid, sink, records)``, ``("status", figures)``, ``("rows", id, rows)``.
+
+If the parent dies (even by SIGKILL) the child sees the pipe close and exits at
+once; if the child dies, the parent logs it and stops, so nothing runs half.
+"""
+
+from __future__ import annotations
+
+import gc
+import itertools
+import logging
+import multiprocessing
+import os
+import threading
+import time
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any, Callable
+
+from .errors import StoreError
+from .publish import PublishBuffer
+from .registry import FlowRecord
+from .store import Store
+from .task import TABLE, unpack
+
+log = logging.getLogger("gossipflow.worker")
+
+STATUS_EVERY = 0.3
+"""Seconds between the child's reports of its per-stage figures."""
+STORE_OPEN_WAIT = 10.0
+"""Seconds to wait for the store lock a previous life's worker may still hold."""
+
+
+class WorkerProcess:
+    """The parent's handle on the runtime process (used on the event-loop thread only)."""
+
+    def __init__(self, name: str, partitions: int, replicas: int, store_path: Path,
+                 log_level: int, on_message: Callable[[tuple], None]) -> None:
+        context = multiprocessing.get_context("spawn")
+        self._conn, child = context.Pipe(duplex=True)
+        self._process = context.Process(
+            target=worker_main, name=f"gossipflow-runtime-{name}", daemon=True,
+            args=(child, name, partitions, replicas, str(store_path), log_level))
+        self._child_end = child
+        self._on_message = on_message
+        self._ids = itertools.count(1)
+        self._waiting: dict[int, Callable[[Any], None]] = {}
+        self.figures: dict[str, Any] = {}
+        """Per flow version, per stage: the child's last report."""
+        self.published = PublishBuffer()
+
+    def start(self, loop: Any, on_death: Callable[[], None]) -> None:
+        self._process.start()
+        self._child_end.close()
+        self._on_death = on_death
+        loop.add_reader(self._conn.fileno(), self._read)
+        self._loop = loop
+
+    def stop(self) -> None:
+        try:
+            self._loop.remove_reader(self._conn.fileno())
+            self._conn.close()
+        except (OSError, AttributeError):
+            pass
+        self._process.join(timeout=5)
+        if self._process.is_alive():
+            self._process.kill()
+
+    # ------------------------------------------------------------------ requests
+
+    def post(self, kind: str, *args: Any) -> None:
+        """("flow", record) or ("marks", id, marks)."""
+        if kind == "flow":
+            self._send(("flow", args[0].to_wire()))
+        else:
+            self._send((kind, *args))
+
+    def data(self, entries: list, on_marks: Callable[[list], None]) -> None:
+        """Shuffled batches for our tasks; ``on_marks`` gets their marks after the commits."""
+        self._ask("data", entries, on_marks)
+
+    def rows(self, args: dict[str, Any], on_rows: Callable[[dict], None]) -> None:
+        self._ask("rows", args, on_rows)
+
+    def status(self) -> dict[str, Any]:
+        return self.figures
+
+    def _ask(self, kind: str, payload: Any, callback: Callable[[Any], None]) -> None:
+        request_id = next(self._ids)
+        self._waiting[request_id] = callback
+        self._send((kind, request_id, payload))
+
+    def _send(self, message: tuple) -> None:
+        try:
+            self._conn.send(message)
+        except (OSError, ValueError) as err:
+            log.error("event=worker_unreachable error=%r", str(err))
+
+    # ------------------------------------------------------------------ from the child
+
+    def _read(self) -> None:
+        try:
+            while self._conn.poll():
+                message = self._conn.recv()
+                kind = message[0]
+                if kind in ("data_marks", "rows"):
+                    callback = self._waiting.pop(message[1], None)
+                    if callback is not None:
+                        callback(message[2])
+                elif kind == "status":
+                    self.figures = message[1]
+                elif kind == "published":
+                    self.published.append(*message[1:])
+                else:
+                    self._on_message(message)
+        except (EOFError, OSError):
+            log.error("event=worker_died detail=%r", "the runtime process ended; stopping")
+            self._loop.remove_reader(self._conn.fileno())
+            self._on_death()
+
+
+# ---------------------------------------------------------------------- child side
+
+
+def worker_main(conn: Connection, name: str, partitions: int, replicas: int,
+                store_path: str, log_level: int) -> None:
+    """Entry point of the runtime process."""
+    from .runtime import Hooks, Runtime
+
+    logging.basicConfig(level=log_level, format="%(asctime)s level=%(levelname)s %(message)s")
+    # Collect garbage rarely: full collections over a flow's state cost tens of ms each.
+    gc.set_threshold(50_000, 50, 100)
+    lock = threading.Lock()
+
+    def send(message: tuple) -> None:
+        with lock:
+            try:
+                conn.send(message)
+            except (OSError, ValueError):
+                os._exit(0)  # the parent is gone
+
+    store = _open_store(store_path)
+    sends = itertools.count(1)
+    waiting: dict[int, Callable[[list | None], None]] = {}
+
+    def hook_send(member: str, entries: list, on_marks: Callable[[list | None], None]) -> None:
+        send_id = next(sends)
+        waiting[send_id] = on_marks
+        send(("send", send_id, member, entries))
+
+    runtime = Runtime(name, partitions, replicas, store, Hooks(
+        send=hook_send,
+        failed=lambda record, error: send(("failed", record.to_wire(), error)),
+        progress=lambda fid, total, done: send(("progress", fid, total, done))))
+    runtime.published = _Forward(send)  # type: ignore[assignment]
+
+    def read() -> None:
+        """The pipe, on a thread of its own: hand everything to the runtime."""
+        try:
+            while True:
+                message = conn.recv()
+                kind = message[0]
+                if kind == "flow":
+                    runtime.post("flow", FlowRecord.from_wire(message[1]))
+                elif kind == "data":
+                    _post_data(runtime, send, message[1], message[2])
+                elif kind == "marks":
+                    callback = waiting.pop(message[1], None)
+                    if callback is not None:
+                        callback(message[2])
+                elif kind == "rows":
+                    send(("rows", message[1], table_rows(store, message[2])))
+        except (EOFError, OSError):
+            os._exit(0)  # the parent is gone: so are we, at once
+
+    def report() -> None:
+        while True:
+            time.sleep(STATUS_EVERY)
+            send(("status", runtime.status()))
+
+    threading.Thread(target=read, name="pipe", daemon=True).start()
+    threading.Thread(target=report, name="report", daemon=True).start()
+    runtime._running = True
+    runtime._run()
+
+
+def _post_data(runtime: Any, send: Callable[[tuple], None], request_id: int,
+               entries: list) -> None:
+    marks: list = [None] * len(entries)
+    left = [len(entries)]
+
+    def reply(i: int, mark: int | None) -> None:  # on the runtime thread
+        marks[i] = mark
+        left[0] -= 1
+        if left[0] == 0:
+            send(("data_marks", request_id, marks))
+
+    if not entries:
+        send(("data_marks", request_id, marks))
+    for i, entry in enumerate(entries):
+        runtime.post("data", *entry, lambda mark, i=i: reply(i, mark))
+
+
+class _Forward:
+    """Stands in for the runtime's PublishBuffer: published records go to the parent."""
+
+    def __init__(self, send: Callable[[tuple], None]) -> None:
+        self._send = send
+
+    def append(self, flow: str, sink: str, records: list) -> None:
+        self._send(("published", flow, sink, records))
+
+
+def _open_store(path: str) -> Store:
+    deadline = time.monotonic() + STORE_OPEN_WAIT
+    while True:
+        try:
+            # Not fsynced per commit: a killed daemon loses nothing (the OS has every
+            # committed page); only a power loss could (see README, durability).
+            return Store(path, sync=False)
+        except StoreError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)  # the worker of a previous life is still letting go
+
+
+def table_rows(store: Store, args: dict[str, Any]) -> dict[str, list]:
+    """Table rows the store holds for a flow version: {sink: [[key, value]]}."""
+    fid, key = args["flow"], args.get("key")
+    out: dict[str, list] = {}
+    for task in store.tasks():
+        if task.flow != fid:
+            continue
+        for k, v in store.iter_state(task, start=TABLE):
+            if not k.startswith(TABLE):
+                break
+            sink, _, packed = k[1:].partition(b"\x00")
+            row_key = unpack(packed)
+            if key is None or row_key == key:
+                out.setdefault(sink.decode(), []).append([row_key, unpack(v)])
+    return out
