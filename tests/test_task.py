@@ -1,0 +1,109 @@
+"""The partition task alone (no network): dedupe by high-water mark, commits, restarts."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from daemon.store import Store
+from daemon.task import FlowContext, Inbound, PartitionTask, decode_batch
+from nodes import load_flow
+from nodes.plan import plan
+
+FLOW = """
+from nodes import Flow, sources, sinks
+flow = Flow("wc")
+(flow.source(sources.generate(40, lambda i: f"a b w{i % 4}"))
+     .flat_map(str.split).key_by(lambda w: w).count().sink(sinks.table()))
+"""
+P = 4
+
+
+@pytest.fixture
+def store(tmp_path: Path):
+    with Store(tmp_path / "store", sync=False) as s:
+        yield s
+
+
+def context(store: Store, sent: list, tmp_path: Path) -> FlowContext:
+    the_plan = plan(load_flow(FLOW, str(tmp_path / "wc.py")))
+    ctx = FlowContext("wc@1", the_plan, P, store,
+                      lambda task, dest, seq, payload: sent.append((task, dest, seq, payload)),
+                      batch_size=7)
+    ctx.splits = {name: s.splits(P) for name, s in the_plan.sources.items()}
+    return ctx
+
+
+def batch(origin: str, seq: int, records: list, replies: list, eos: bool = False) -> Inbound:
+    return Inbound(origin, seq, eos, records, lambda mark: replies.append((origin, seq, mark)))
+
+
+def test_receiver_applies_each_sequence_once_and_waits_for_gaps(store, tmp_path):
+    ctx = context(store, [], tmp_path)
+    task = PartitionTask(ctx, ctx.plan.stages[1], 0)
+    replies: list = []
+    for b in [batch("0/1", 1, [("a", 2)], replies), batch("0/1", 1, [("a", 2)], replies),
+              batch("0/1", 3, [("a", 5)], replies)]:
+        task.receive(b, 0.0)
+    task.step()
+    assert task.state == {"a": 2}  # the duplicate and the gap were not applied
+    assert replies == [("0/1", 1, 1), ("0/1", 1, 1), ("0/1", 3, 1)]  # the gap learns mark 1
+    replies.clear()
+    task.receive(batch("0/1", 2, [("a", 1)], replies), 0.0)
+    task.receive(batch("0/1", 3, [("a", 5)], replies), 0.0)
+    task.step()
+    assert task.state == {"a": 8} and replies == [("0/1", 2, 2), ("0/1", 3, 3)]
+    assert store.marks(task.id) == {"0/1": 3}
+
+    again = PartitionTask(ctx, ctx.plan.stages[1], 0)  # a restart: all from the store
+    assert again.state == {"a": 8} and again.marks == {"0/1": 3}
+    replies.clear()
+    again.receive(batch("0/1", 3, [("a", 5)], replies), 0.0)
+    again.step()
+    assert again.state == {"a": 8} and replies == [("0/1", 3, 3)]
+
+
+def test_source_resumes_at_its_committed_offset_and_resends_its_outbox(store, tmp_path):
+    sent: list = []
+    ctx = context(store, sent, tmp_path)
+    mine = [p for p in range(P) if p in ctx.senders(0)]
+    task = PartitionTask(ctx, ctx.plan.stages[0], mine[0])
+    task.step()  # reads up to batch_size * BATCHES_PER_COMMIT records: its whole split
+    assert task.input_done and task.offsets["eos"]
+    outbox = store.outbox(task.id)
+    assert outbox and {dest for dest, _, _ in outbox} == {f"1/{q}" for q in range(P)}
+    words: Counter = Counter()
+    for dest, seq, payload in outbox:
+        eos, records = decode_batch(payload)
+        words.update(dict(records))
+    lines = [f"a b w{i % 4}" for i in range(40)][:10]  # split 0 holds records 0..9
+    assert words == Counter(w for line in lines for w in line.split())
+    assert sorted((d, s) for _, d, s, _ in sent) == sorted((d, s) for d, s, _ in outbox)
+
+    sent.clear()
+    restarted = PartitionTask(ctx, ctx.plan.stages[0], mine[0])  # after a crash
+    assert restarted.wake_at(0.0) is None  # nothing left to read
+    restarted.pump()  # resends the same sequences, receivers drop what they have
+    assert sorted((d, s) for _, d, s, _ in sent) == sorted((d, s) for d, s, _ in outbox)
+    for dest, seq, _ in outbox:
+        restarted.on_ack(dest, seq)
+    restarted.step()
+    assert store.outbox(restarted.id) == [] and restarted.done
+    assert store.next_sequences(restarted.id) == {d: s + 1 for d, s, _ in outbox}
+
+
+def test_end_of_stream_comes_after_the_last_data(store, tmp_path):
+    sent: list = []
+    ctx = context(store, sent, tmp_path)
+    task = PartitionTask(ctx, ctx.plan.stages[1], 2)
+    replies: list = []
+    origins = sorted(task.upstream)
+    for origin in origins:
+        task.receive(batch(origin, 1, [("w2", 1)], replies, eos=True), 0.0)
+    task.step()
+    assert task.input_done and task.done
+    assert store.get_state(task.id, b"s" + b"\xa2w2") is not None
+    assert sent == []  # the last stage sends nothing downstream, only to its table
+
