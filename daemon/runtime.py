@@ -1,11 +1,11 @@
-"""The runtime: runs this member's partition tasks of every running flow, on its own thread.
+"""The runtime: runs this member's partition tasks of every running flow.
 
-User code (the flow file and its functions) runs only here, never on the
-event-loop thread that answers probes, so a busy flow cannot make its daemon
-look dead. The event loop hands the runtime what arrives (registry changes,
-shuffled batches, acknowledgements) through :meth:`Runtime.post`; the runtime
-hands the event loop what to send through ``Hooks`` that are called on its
-thread.
+It runs in the daemon's runtime process (:mod:`daemon.worker`), so user code
+(the flow file and its functions) never shares an interpreter with the event
+loop that answers probes: a busy flow cannot make its daemon look dead. What
+arrives (registry changes, shuffled batches, acknowledgements) is handed in
+through :meth:`Runtime.post`, from any thread; what must go out leaves through
+``Hooks``, called on the runtime's thread.
 
 Placement: a flow's partitions are placed over the members that were alive
 when it was submitted (recorded in its registry entry), and stay there for
@@ -19,7 +19,6 @@ from __future__ import annotations
 import gc
 import logging
 import queue
-import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -99,7 +98,6 @@ class Runtime:
         self.flows: dict[str, RunningFlow] = {}
         self._records: dict[str, FlowRecord] = {}  # name -> latest record seen
         self._inbox: queue.Queue = queue.Queue()
-        self._thread = threading.Thread(target=self._run, name="gossipflow-runtime", daemon=True)
         self._running = False
         self._outgoing: dict[str, list[tuple[list, TaskId, str]]] = {}
         self._in_flight: set[str] = set()  # members with a shuffle message on its way
@@ -108,17 +106,12 @@ class Runtime:
         self._ready: dict[TaskId, PartitionTask] = {}
         """Tasks that may have work: checked, stepped, and kept while they still have."""
 
-    # ------------------------------------------------------------------ from the event loop
-
-    def start(self) -> None:
-        self._running = True
-        self._thread.start()
+    # ------------------------------------------------------------------ from other threads
 
     def stop(self) -> None:
+        """Make :meth:`run` return after its current step."""
         self._running = False
         self._inbox.put(("stop",))
-        if self._thread.is_alive():
-            self._thread.join(timeout=5)
 
     def post(self, *item: Any) -> None:
         """Hand the worker something to do (thread-safe): ("flow", record),
@@ -126,9 +119,11 @@ class Runtime:
         ("ack", task_id, destination, mark)."""
         self._inbox.put(item)
 
-    # ------------------------------------------------------------------ worker thread
+    # ------------------------------------------------------------------ the runtime's thread
 
-    def _run(self) -> None:
+    def run(self) -> None:
+        """Run tasks until :meth:`stop`."""
+        self._running = True
         next_report = 0.0
         while self._running:
             now = time.monotonic()

@@ -192,8 +192,7 @@ def worker_main(conn: Connection, name: str, partitions: int, replicas: int,
 
     threading.Thread(target=read, name="pipe", daemon=True).start()
     threading.Thread(target=report, name="report", daemon=True).start()
-    runtime._running = True
-    runtime._run()
+    runtime.run()
 
 
 def _post_data(runtime: Any, send: Callable[[tuple], None], request_id: int,
