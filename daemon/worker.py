@@ -23,6 +23,7 @@ import itertools
 import logging
 import multiprocessing
 import os
+import queue
 import threading
 import time
 from multiprocessing.connection import Connection
@@ -60,6 +61,9 @@ class WorkerProcess:
         self.figures: dict[str, Any] = {}
         """Per flow version, per stage: the child's last report."""
         self.published = PublishBuffer()
+        self._outgoing: queue.SimpleQueue = queue.SimpleQueue()
+        """What goes to the child: written by a thread of its own, because a write to a
+        full pipe blocks, and the event loop must never block."""
 
     def start(self, loop: Any, on_death: Callable[[], None]) -> None:
         self._process.start()
@@ -67,8 +71,18 @@ class WorkerProcess:
         self._on_death = on_death
         loop.add_reader(self._conn.fileno(), self._read)
         self._loop = loop
+        threading.Thread(target=self._write, name="to-runtime", daemon=True).start()
+
+    def _write(self) -> None:
+        while (message := self._outgoing.get()) is not None:
+            try:
+                self._conn.send(message)
+            except (OSError, ValueError) as err:
+                log.error("event=worker_unreachable error=%r", str(err))
+                return
 
     def stop(self) -> None:
+        self._outgoing.put(None)
         try:
             self._loop.remove_reader(self._conn.fileno())
             self._conn.close()
@@ -103,10 +117,7 @@ class WorkerProcess:
         self._send((kind, request_id, payload))
 
     def _send(self, message: tuple) -> None:
-        try:
-            self._conn.send(message)
-        except (OSError, ValueError) as err:
-            log.error("event=worker_unreachable error=%r", str(err))
+        self._outgoing.put(message)
 
     # ------------------------------------------------------------------ from the child
 
@@ -180,8 +191,9 @@ def worker_main(conn: Connection, name: str, partitions: int, replicas: int,
                     callback = waiting.pop(message[1], None)
                     if callback is not None:
                         callback(message[2])
-                elif kind == "rows":
-                    send(("rows", message[1], table_rows(store, message[2])))
+                elif kind == "rows":  # on its own thread: this one must keep reading
+                    threading.Thread(target=lambda m=message: send(
+                        ("rows", m[1], table_rows(store, m[2]))), daemon=True).start()
         except (EOFError, OSError):
             os._exit(0)  # the parent is gone: so are we, at once
 

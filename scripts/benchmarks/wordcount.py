@@ -59,6 +59,9 @@ def gossipflow(flow_file: Path, daemons: int, root: Path, expected: Counter) -> 
         if {k: v for k, v in rows} != expected:
             raise SystemExit(f"{daemons} daemons: result differs from plain Counter")
         return took
+    except BaseException:
+        print(cluster.log_tails(), file=sys.stderr)
+        raise
     finally:
         cluster.close()
 
