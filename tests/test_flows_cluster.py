@@ -291,3 +291,23 @@ def test_replace_runs_the_new_text_and_cancel_stops_a_flow(cluster: Cluster,
     listed = cli("flows", "--json", "--node", cluster["n2"].address)
     assert {f["name"]: f["status"] for f in json.loads(listed.stdout)} == {
         "numbers": "completed", "endless": "cancelled"}
+
+
+def test_whole_cluster_killed_mid_flow_resumes_exactly(cluster: Cluster, tmp_path: Path) -> None:
+    cluster.start_many(THREE)
+    assert submit(cluster, "n2", write(tmp_path, "wc.py", WORDCOUNT)).returncode == 0
+    wait_for(lambda: sum(s["records_in"] for s in flow_record(cluster, "n0", "wordcount")
+                         ["local"].values()) > 0, 30, message="n0 is processing")
+    for node in THREE:
+        cluster.kill(node, signal.SIGKILL)
+    for node in THREE:
+        assert cluster.wait_exit(node) == -signal.SIGKILL
+    cluster.restart("n0")
+    for node in ("n1", "n2"):
+        cluster.restart(node)
+    cluster.wait_converged(THREE, timeout=20)
+    wait_for(lambda: flow_record(cluster, "n1", "wordcount")["status"] == "completed", 120,
+             interval=0.5, message="the flow completes after the whole cluster restarted")
+    expected = stdlib_counts()
+    for node in THREE:
+        assert table(cluster, node, "wordcount") == expected
