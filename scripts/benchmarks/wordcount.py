@@ -8,8 +8,8 @@ The corpus: --lines lines (default 2 000 000) of 8 words drawn from a
 - gossipflow on N daemons (``--preset local``, real processes on 127.0.0.1):
   from ``submit`` to ``completed``, the result checked equal to plain's.
 
-Bytewax is not run yet (it says so); DESIGN.md's figures for it come from the
-same machine.
+- Bytewax 0.21 (when installed: the optional ``bench`` extra), its natural
+  flat_map + count_final on 1 and 2 processes, the result checked the same way.
 
     python scripts/benchmarks/wordcount.py [--lines 2000000] [--daemons 1,2,3]
 """
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
 import subprocess
 import sys
 import tempfile
@@ -29,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from daemons import Cluster  # noqa: E402
+from daemons import Cluster, free_port  # noqa: E402
 from nodes_local import make_corpus  # noqa: E402
 
 
@@ -67,6 +68,38 @@ def gossipflow(flow_file: Path, daemons: int, root: Path, expected: Counter) -> 
         cluster.close()
 
 
+def bytewax(corpus: Path, out: Path, processes: int, expected: Counter) -> float:
+    """The natural Bytewax word count (flat_map + count_final) on ``processes`` processes."""
+    out.mkdir()
+    env = {**os.environ, "WC_CORPUS": str(corpus), "WC_OUT": str(out)}
+    ports = [free_port() for _ in range(processes)]
+    addresses = ";".join(f"127.0.0.1:{port}" for port in ports)
+    here = Path(__file__).resolve().parent
+    start = time.perf_counter()
+    procs = [subprocess.Popen(
+        [sys.executable, "-m", "bytewax.run", "bytewax_wordcount:flow"]
+        + (["-i", str(i), "-a", addresses] if processes > 1 else []),
+        cwd=here, env=env, start_new_session=True) for i in range(processes)]
+    try:
+        codes = [p.wait(timeout=900) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    took = time.perf_counter() - start
+    if any(codes):
+        raise SystemExit(f"bytewax exited with {codes}")
+    got = {}
+    for path in out.iterdir():
+        for line in path.read_text().splitlines():
+            word, count = line.rsplit(" ", 1)
+            got[word] = int(count)
+    if got != expected:
+        raise SystemExit(f"bytewax, {processes} process(es): result differs from plain Counter")
+    return took
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--lines", type=int, default=2_000_000)
@@ -82,16 +115,24 @@ def main() -> None:
         print(f"corpus: {args.lines} lines, {words} words, {len(expected)} distinct")
         print(f"{'what':<28} {'seconds':>8} {'M words/s':>10} {'vs plain':>9}")
         print(f"{'plain Python Counter':<28} {plain_s:>8.2f} {base / 1e6:>10.3f} {1:>9.3f}")
+        ours = {}
         for n in [int(x) for x in args.daemons.split(",")]:
             took = gossipflow(flow_file, n, work / f"cluster{n}", expected)
-            rate = words / took
+            rate = ours[n] = words / took
             print(f"{f'gossipflow, {n} daemon(s)':<28} {took:>8.2f} {rate / 1e6:>10.3f} "
                   f"{rate / base:>9.3f}", flush=True)
         if importlib.util.find_spec("bytewax") is None:
-            print("bytewax: not installed; skipped (DESIGN.md measured 0.25-0.30 M words/s "
-                  "for its natural flat_map + count_final on this machine)")
-        else:
-            print("bytewax: installed, but this benchmark does not run it yet; skipped")
+            print("bytewax: not installed (pip install -e '.[bench]'); skipped")
+            return
+        theirs = {}
+        for processes in (1, 2):
+            took = bytewax(work / "corpus", work / f"bytewax{processes}", processes, expected)
+            rate = theirs[processes] = words / took
+            print(f"{f'bytewax 0.21, {processes} process(es)':<28} {took:>8.2f} "
+                  f"{rate / 1e6:>10.3f} {rate / base:>9.3f}", flush=True)
+        best = max(theirs.values())
+        print("gossipflow / best bytewax: " + ", ".join(
+            f"{n} daemon(s) {rate / best:.2f}x" for n, rate in ours.items()))
 
 
 if __name__ == "__main__":
