@@ -5,8 +5,6 @@
     ├── WireError                   bytes that are not a valid message
     │   ├── AuthError               missing, unexpected or wrong BLAKE2b tag
     │   └── DecodeError             not msgpack, unknown type, wrong fields
-    ├── ProtocolError               a peer speaks another protocol version
-    ├── ClusterMismatchError        a peer has another partition count (refused on both sides)
     ├── TransportError              a socket could not be bound or used
     ├── RegistryError               a flow registry request that cannot be done
     │   ├── FlowExistsError         another text already runs under that name
@@ -21,7 +19,7 @@
             ├── CommitGapError      its number skips past last + 1: catch up first
             └── StaleEpochError     its epoch is below what the task promised or saw
 
-Errors from pyzmq and msgpack are translated into these at the boundary
+Errors from pyzmq, msgpack and lmdb are translated into these at the boundary
 (``raise ... from err``), so callers catch ours only.
 """
 
@@ -44,14 +42,6 @@ class AuthError(WireError):
 
 class DecodeError(WireError):
     """A packet that does not decode: not msgpack, unknown type, wrong fields."""
-
-
-class ProtocolError(GossipflowError):
-    """A peer speaks a protocol version we do not."""
-
-
-class ClusterMismatchError(GossipflowError):
-    """A peer belongs to a cluster with another partition count."""
 
 
 class TransportError(GossipflowError):
