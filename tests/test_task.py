@@ -107,3 +107,30 @@ def test_end_of_stream_comes_after_the_last_data(store, tmp_path):
     assert store.get_state(task.id, b"s" + b"\xa2w2") is not None
     assert sent == []  # the last stage sends nothing downstream, only to its table
 
+
+
+def test_a_source_stops_reading_while_its_receivers_lag(store, tmp_path):
+    """Backpressure: unacknowledged outputs stop a source; acknowledgements resume it."""
+    from daemon.task import MAX_PENDING
+
+    sent: list = []
+    text = FLOW.replace('generate(40, lambda i: f"a b w{i % 4}")',
+                        'generate(400000, lambda i: f"w{i} x{i}")')
+    assert text != FLOW
+    the_plan = plan(load_flow(text, str(tmp_path / "wc.py")))
+    ctx = FlowContext("wc@1", the_plan, 64, store,
+                      lambda task, dest, seq, payload: sent.append((dest, seq)), batch_size=100)
+    ctx.splits = {name: s.splits(64) for name, s in the_plan.sources.items()}
+    task = PartitionTask(ctx, the_plan.stages[0], 0)
+    while task.wake_at(0.0) is not None:
+        task.step()
+    pending = sum(map(len, task.pending.values()))
+    assert MAX_PENDING <= pending < MAX_PENDING + 64  # one step past the limit at most
+    assert not task.input_done  # it stopped early: the split is far from read
+    read = task.records_in
+    for dest, seq in list(sent):
+        task.on_ack(dest, seq)
+    assert task.wake_at(0.0) == 0.0
+    task.step()  # deletes the acknowledged entries ...
+    task.step()  # ... and reads on
+    assert task.records_in > read
