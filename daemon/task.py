@@ -45,7 +45,7 @@ WINDOW = 8
 """Unacknowledged batches in flight per destination (credit-based backpressure)."""
 MAX_PENDING = 64
 """A source stops reading while this many outbox entries await acknowledgement."""
-BATCHES_PER_COMMIT = 10
+BATCHES_PER_COMMIT = 50
 """A commit groups up to this many batches: fewer, larger commits and shuffle messages
 (the outputs of the whole group are combined before they are sent)."""
 COMMIT_INTERVAL = 0.05
