@@ -311,3 +311,37 @@ def test_whole_cluster_killed_mid_flow_resumes_exactly(cluster: Cluster, tmp_pat
     expected = stdlib_counts()
     for node in THREE:
         assert table(cluster, node, "wordcount") == expected
+
+
+def test_malformed_shuffle_batches_are_refused_and_counted(cluster: Cluster) -> None:
+    from test_cluster import _zmq_requests
+
+    from daemon.wire import Codec, MessageType
+
+    cluster.start_many(["n0", "n1"])
+    before = cluster.stats("n0").get("dropped_DecodeError", 0)
+    bad = [Codec().encode(MessageType.DATA, {"b": [["f@1", 0, 0, "0/0", 1]]}),      # 5 fields
+           Codec().encode(MessageType.DATA, {"b": [["f@1", "0", 0, "0/0", 1, b""]]}),  # str stage
+           Codec().encode(MessageType.DATA, {"b": ["not a list"]})]
+    replies = [Codec().decode(r) for r in _zmq_requests(cluster["n0"].address, bad)]
+    assert [kind for kind, _ in replies] == [MessageType.ERROR] * 3
+    assert all("DATA entries are" in body["error"] for _, body in replies)
+    assert cluster.stats("n0").get("dropped_DecodeError", 0) == before + 3
+    # a well-formed batch for a flow nobody runs gets "no mark" (the sender would retry)
+    unknown = Codec().encode(MessageType.DATA, {"b": [["nope@1", 1, 0, "0/0", 1, b"\x92\xc2\x90"]]})
+    kind, body = Codec().decode(_zmq_requests(cluster["n0"].address, [unknown])[0])
+    assert kind == MessageType.API_REPLY and body["result"] == [None]
+    cluster.wait_converged(["n0", "n1"])
+
+
+def test_a_dead_runtime_process_stops_its_daemon(cluster: Cluster) -> None:
+    cluster.start_many(["n0", "n1"])
+    parent = cluster["n0"].pid
+    children = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
+    assert len(children) >= 1
+    for child in children:  # the runtime process (and multiprocessing's helper, if any)
+        os.kill(int(child), signal.SIGKILL)
+    assert cluster.wait_exit("n0", timeout=10) == 1
+    assert "event=worker_died" in cluster["n0"].log()
+    wait_for(lambda: cluster.statuses("n1").get("n0") in ("dead", "left"), 10,
+             message="n1 sees n0 gone")
