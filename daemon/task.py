@@ -70,6 +70,16 @@ def origin_id(stage: int, partition: int) -> str:
     return f"{stage}/{partition}"
 
 
+def table_holding_state(stage: Stage, plan: Plan) -> str | None:
+    """The table sink right after a count, sum, reduce or fold with nothing between:
+    its rows (key, latest value) are exactly that operator's state."""
+    if stage.head_kind in ("count", "sum", "reduce", "fold") and not stage.steps \
+            and len(stage.outputs) == 1 and isinstance(stage.outputs[0], str) \
+            and isinstance(plan.sinks[stage.outputs[0]], TableSink):
+        return stage.outputs[0]
+    return None
+
+
 def table_prefix(sink: str) -> bytes:
     """Where the rows of table sink ``sink`` start in a task's state."""
     return TABLE + sink.encode() + b"\x00"
@@ -126,9 +136,14 @@ class PartitionTask:
         self.offsets = {k: unpack(v) for k, v in store.offsets(self.id).items()}
         self.marks = store.marks(self.id)
         self.state: dict | None = None
+        self.table_is_state = table_holding_state(stage, ctx.plan)
+        """The table sink whose rows are this task's keyed state, if any: then the state
+        is not written twice (count().sink(table()) and the like)."""
         if stage.head is not None:
-            self.state = {unpack(k[1:]): unpack(v)
-                          for k, v in store.iter_state(self.id) if k[:1] == STATE}
+            prefix = table_prefix(self.table_is_state) if self.table_is_state else STATE
+            self.state = {unpack(k[len(prefix):]): unpack(v)
+                          for k, v in store.iter_state(self.id, start=prefix)
+                          if k.startswith(prefix)}
         self.next_seq = store.next_sequences(self.id)
         self.pending: dict[str, deque[tuple[int, bytes]]] = {}
         for dest, seq, payload in store.outbox(self.id):
@@ -258,6 +273,8 @@ class PartitionTask:
                     self.offsets[f"eos:{batch.origin}"] = True
                     commit.offsets[f"eos:{batch.origin}"] = pack(True)
             replies.append((batch.reply, self.marks.get(batch.origin, 0)))
+        if self.table_is_state:
+            return  # the table sink writes the changed keys' rows, which are the state
         state, puts = self.state, commit.state_puts
         for key in out.touched:
             if key in state:

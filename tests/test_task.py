@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from daemon.store import Store
-from daemon.task import FlowContext, Inbound, PartitionTask, decode_batch
+from daemon.task import FlowContext, Inbound, PartitionTask, decode_batch, pack, table_key
 from nodes import load_flow
 from nodes.plan import plan
 
@@ -104,7 +104,10 @@ def test_end_of_stream_comes_after_the_last_data(store, tmp_path):
         task.receive(batch(origin, 1, [("w2", 1)], replies, eos=True), 0.0)
     task.step()
     assert task.input_done and task.done
-    assert store.get_state(task.id, b"s" + b"\xa2w2") is not None
+    # count().sink(table()): the table rows are the state, written once
+    assert task.table_is_state == "table"
+    assert store.get_state(task.id, table_key("table", "w2")) == pack(len(origins))
+    assert store.get_state(task.id, b"s" + pack("w2")) is None
     assert sent == []  # the last stage sends nothing downstream, only to its table
 
 
