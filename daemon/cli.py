@@ -214,7 +214,7 @@ def submit(ask: Callable[..., Any], as_json: bool, flow_file: str, replace: bool
             click.echo(f"flow {record['name']} version {record['version']}: {verb}")
         return
     while record["status"] == "running":
-        time.sleep(0.2)
+        time.sleep(0.05)
         record = ask("flow", {"name": flow.name})
         record.pop("text", None)
     if as_json:

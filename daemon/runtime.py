@@ -38,7 +38,7 @@ log = logging.getLogger("gossipflow.runtime")
 MAX_MESSAGE_ENTRIES = 1024
 """Batches per shuffle message; one message per member is in flight at a time, so a
 slow receiver slows its senders instead of drowning in resends."""
-REPORT_EVERY = 0.2
+REPORT_EVERY = 0.05
 """Seconds between progress reports to the event loop."""
 
 
