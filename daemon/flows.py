@@ -15,6 +15,7 @@ import logging
 from typing import TYPE_CHECKING, Any, Callable
 
 from .errors import DecodeError, RequestRefusedError, WireError
+from .files import write_atomically
 from .registry import FlowRecord, Registry
 from .runtime import flow_id
 from .worker import WorkerProcess
@@ -95,8 +96,6 @@ class FlowService:
                                   f"cluster will send this member its flows again") from err
 
     def _save(self) -> None:
-        from .node import write_atomically
-
         write_atomically(self._flows_file, json.dumps(self.registry.to_wire()))
 
     # ------------------------------------------------------------------ progress

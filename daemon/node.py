@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import random
 import signal
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -23,6 +21,7 @@ from .config import Config
 from .errors import ConfigError, WireError
 from .loop import EventLoop
 from .membership import Member, Membership
+from .files import write_atomically
 from .flows import FlowService
 from .transport.udpzmq import UdpZmqTransport
 from .wire import MAX_INCARNATION, Codec, MessageType, Status
@@ -162,17 +161,3 @@ class Node:
     def _save_incarnation(self, incarnation: int) -> None:
         write_atomically(self._member_file(),
                          json.dumps({"name": self.name, "incarnation": incarnation}))
-
-
-def write_atomically(path: Path, text: str) -> None:
-    """Replace ``path`` with ``text``: temp file, fsync, rename."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
