@@ -58,10 +58,11 @@ def flows(node: "Node", args: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def flow(node: "Node", args: dict[str, Any]) -> dict[str, Any]:
-    """One flow's record (text included) and this member's view of its progress."""
+    """One flow's record (not its text: polled often) and this member's view of its
+    progress."""
     record = node.flows.registry.get(_arg(args, "name", str))
     total, done = node.flows.progress.get(flow_id(record), (0, set()))
-    return {**record.to_wire(), "tasks": total, "tasks_done": len(done),
+    return {**record.summary(), "tasks": total, "tasks_done": len(done),
             "local": node.flows.runtime.status().get(flow_id(record), {})}
 
 
@@ -97,9 +98,9 @@ def progress(node: "Node", args: dict[str, Any], respond: Respond) -> None:
 
 def published(node: "Node", args: dict[str, Any]) -> dict[str, Any]:
     """This member's published records of a flow version after a cursor."""
-    records, cursor = node.flows.runtime.published.since(_arg(args, "flow", str),
-                                                         _arg(args, "cursor", int))
-    return {"records": records, "cursor": cursor}
+    _arg(args, "flow", str)
+    _arg(args, "cursor", int)
+    return node.flows.published(args)
 
 
 def tail(node: "Node", args: dict[str, Any], respond: Respond) -> None:

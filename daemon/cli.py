@@ -216,7 +216,6 @@ def submit(ask: Callable[..., Any], as_json: bool, flow_file: str, replace: bool
     while record["status"] == "running":
         time.sleep(0.05)
         record = ask("flow", {"name": flow.name})
-        record.pop("text", None)
     if as_json:
         _print_json(record)
     else:

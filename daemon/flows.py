@@ -193,7 +193,7 @@ class FlowService:
                     tables.setdefault(sink, []).extend(pairs)
             return tables
 
-        self.gather(record, "rows", request, self.runtime.rows, merge, reply)
+        self.gather(record, "rows", lambda member: request, self.runtime.rows, merge, reply)
 
     def progress_of(self, args: dict[str, Any],
                     reply: Callable[[Any, str | None], None]) -> None:
@@ -213,7 +213,8 @@ class FlowService:
                         total[name] = total.get(name, 0) + value
             return stages
 
-        self.gather(record, "local_progress", {"flow": fid}, local, merge, reply)
+        self.gather(record, "local_progress", lambda member: {"flow": fid}, local, merge,
+                    reply)
 
     def tail(self, args: dict[str, Any], reply: Callable[[Any, str | None], None]) -> None:
         """What publish sinks of flow ``name`` published after each member's cursor."""
@@ -223,26 +224,30 @@ class FlowService:
             raise ValueError("cursors must map member names to numbers")
 
         def local(request: dict[str, Any], done: Callable[[Any], None]) -> None:
-            records, cursor = self.runtime.published.since(request["flow"],
-                                                           int(request.get("cursor", 0)))
-            done({"records": records, "cursor": cursor})
+            done(self.published(request))
 
         def merge(answers: dict[str, Any]) -> dict[str, Any]:
             return {"records": [r for a in answers.values() for r in a["records"]],
                     "cursors": {m: a["cursor"] for m, a in answers.items()}}
 
         fid = flow_id(record)
-        owners = sorted(set(record.members))
-        per_member = {m: {"flow": fid, "cursor": cursors.get(m, 0)} for m in owners}
-        self.gather(record, "published", per_member, local, merge, reply)
+        self.gather(record, "published",
+                    lambda member: {"flow": fid, "cursor": cursors.get(member, 0)},
+                    local, merge, reply)
 
-    def gather(self, record: FlowRecord, op: str, request: dict[str, Any],
+    def published(self, request: dict[str, Any]) -> dict[str, Any]:
+        """This member's records of a flow version published after ``request["cursor"]``."""
+        records, cursor = self.runtime.published.since(request["flow"], int(request["cursor"]))
+        return {"records": records, "cursor": cursor}
+
+    def gather(self, record: FlowRecord, op: str,
+               request_for: Callable[[str], dict[str, Any]],
                local: Callable[[dict[str, Any], Callable[[Any], None]], None],
                merge: Callable[[dict[str, Any]], Any],
                reply: Callable[[Any, str | None], None]) -> None:
-        """Ask every member holding partitions of ``record`` (ourselves through
-        ``local(request, done)``) and ``reply(merge(answers), error)``; the error names
-        members that did not answer."""
+        """Ask every member holding partitions of ``record`` for ``op`` with
+        ``request_for(member)`` (ourselves through ``local(request, done)``) and
+        ``reply(merge(answers), error)``; the error names members that did not answer."""
         owners = sorted(set(record.members))
         answers: dict[str, Any] = {}
         missing: list[str] = []
@@ -258,11 +263,11 @@ class FlowService:
                       if missing else None)
 
         for member in owners:
-            mine = request.get(member, request) if op == "published" else request
+            request = request_for(member)
             if member == self.node.name:
-                local(mine, lambda answer, member=member: add(member, answer))
+                local(request, lambda answer, member=member: add(member, answer))
             else:
-                self._ask(member, op, mine, add)
+                self._ask(member, op, request, add)
 
     def _ask(self, member: str, op: str, request: dict, add: Callable[[str, Any], None]) -> None:
         target = self.node.membership.members.get(member)
