@@ -20,39 +20,21 @@ Example:
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 from pathlib import Path
 from typing import Any
 
-from nodes.errors import FlowError, StepRef, safe_repr, typed
+from nodes.endpoint import Endpoint
+from nodes.errors import FlowError, safe_repr, typed
 
 
-class Sink:
+class Sink(Endpoint):
     """Base class of sinks."""
 
     kind = "sink"
+    family = "sinks"
     needs_keyed = False
-
-    def __init__(self) -> None:
-        self.step: StepRef | None = None
-        self.base_dir: Path | None = None
-
-    def bind(self, step: StepRef, base_dir: str | os.PathLike) -> Sink:
-        """A copy that knows its step (for messages) and the flow's base directory."""
-        bound = copy.copy(self)
-        bound.step, bound.base_dir = step, Path(base_dir)
-        return bound
-
-    def describe(self) -> dict[str, Any]:
-        """A msgpack-able description, for status output."""
-        return {"kind": self.kind}
-
-    def _error(self, message: str) -> FlowError:
-        if self.step:
-            return self.step.error(message)
-        return FlowError(f"sinks.{self.kind}(): {message}")
 
 
 class TableSink(Sink):

@@ -38,6 +38,7 @@ from operator import length_hint
 from pathlib import Path
 from typing import Any
 
+from nodes.endpoint import Endpoint
 from nodes.errors import FlowError, StepRef, callback_error, safe_repr, typed
 
 Split = dict[str, Any]
@@ -47,21 +48,12 @@ MAX_CHUNK = 1 << 22
 MIN_SPLIT_BYTES = 1 << 20  # smaller ranges are not worth a task (and a commit) each
 
 
-class Source:
+class Source(Endpoint):
     """Base class of sources. Subclasses implement ``splits`` and ``read``."""
 
     kind = "source"
+    family = "sources"
     bounded = True
-
-    def __init__(self) -> None:
-        self.step: StepRef | None = None
-        self.base_dir: Path | None = None
-
-    def bind(self, step: StepRef, base_dir: str | os.PathLike) -> Source:
-        """A copy that knows its step (for messages) and the flow's base directory."""
-        bound = copy.copy(self)
-        bound.step, bound.base_dir = step, Path(base_dir)
-        return bound
 
     def limit(self, count: int) -> Source:
         """A bounded version with at most ``count`` records (tests of unbounded flows)."""
@@ -72,18 +64,6 @@ class Source:
 
     def read(self, split: Split, offset: int | None, max_records: int) -> tuple[list, int, bool]:
         raise NotImplementedError
-
-    def describe(self) -> dict[str, Any]:
-        """A msgpack-able description, for status output."""
-        return {"kind": self.kind}
-
-    def _label(self) -> str:
-        return self.step.label if self.step else f"sources.{self.kind}()"
-
-    def _error(self, message: str) -> FlowError:
-        if self.step:
-            return self.step.error(message)
-        return FlowError(f"{self._label()}: {message}")
 
 
 class _LineSource(Source):
