@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from .errors import DecodeError, RequestRefusedError, WireError
 from .files import write_atomically
+from .placement import place
 from .registry import FlowRecord, Registry
 from .runtime import flow_id
 from .worker import WorkerProcess
@@ -29,6 +30,10 @@ log = logging.getLogger("gossipflow.flows")
 DATA_TIMEOUT = 15.0
 """Seconds to wait for the marks of a shuffle message (the receiver answers after
 committing every batch in it) before sending those batches again."""
+REPLICATE_TIMEOUT = 3.0
+"""Seconds to wait for the answer to a replication request (commits, promise, snapshot)."""
+VIEW_EVERY = 0.2
+"""Seconds between checks that the runtime has the current view of the cluster."""
 
 
 class FlowService:
@@ -45,9 +50,28 @@ class FlowService:
         self._load()
         node.membership.add_state_exchange("fl", self.registry.to_wire, self.registry.merge_wire)
         node.membership.add_state_exchange("pg", self._progress_out, self.merge_progress)
+        self._view: tuple | None = None
 
     def start(self) -> None:
         self.runtime.start(self.node.loop, self.node.worker_died)
+        self._check_view()
+
+    def _check_view(self) -> None:
+        self.view_changed()
+        self.node.loop.clock.call_later(VIEW_EVERY, self._check_view)
+
+    def view_changed(self) -> None:
+        """Give the runtime the members alive, known (not left) and left, once joined."""
+        membership = self.node.membership
+        if not membership.joined:
+            return
+        members = list(membership.members.values())
+        view = (sorted(m.name for m in membership.live_members()),
+                sorted(m.name for m in members if m.status != Status.LEFT),
+                sorted(m.name for m in members if m.status == Status.LEFT))
+        if view != self._view:
+            self._view = view
+            self.runtime.post("view", *view)
 
     def stop(self) -> None:
         self.runtime.stop()
@@ -131,6 +155,10 @@ class FlowService:
             _, send_id, member, entries = message
             self._send_data(member, entries,
                             lambda marks: self.runtime.post("marks", send_id, marks))
+        elif kind == "call":
+            _, call_id, member, call, args = message
+            self._replicate(member, call, args,
+                            lambda answer: self.runtime.post("called", call_id, answer))
         elif kind == "failed":
             self._fail(FlowRecord.from_wire(message[1]), message[2])
         elif kind == "progress":
@@ -159,6 +187,33 @@ class FlowService:
 
         self.node.transport.request(target.address, data, DATA_TIMEOUT, on_reply)
 
+    def _replicate(self, member: str, kind: str, args: Any,
+                   on_answer: Callable[[Any], None]) -> None:
+        target = self.node.membership.members.get(member)
+        if target is None or target.status not in (Status.ALIVE, Status.SUSPECT):
+            on_answer(None)
+            return
+        data = self.node.codec.encode(MessageType.REPLICATE, {"k": kind, "a": args})
+
+        def on_reply(reply: bytes | None) -> None:
+            answer = None
+            if reply is not None:
+                try:
+                    kind, body = self.node.codec.decode(reply)
+                    if kind == MessageType.API_REPLY:
+                        answer = body.get("result")
+                except WireError:
+                    pass
+            on_answer(answer)
+
+        self.node.transport.request(target.address, data, REPLICATE_TIMEOUT, on_reply)
+
+    def handle_replicate(self, body: dict[str, Any], reply: Callable[[bytes], None]) -> None:
+        """A peer's replication request, answered by our runtime against our store."""
+        codec = self.node.codec
+        self.runtime.serve(body["k"], body["a"], lambda answer: reply(
+            codec.encode(MessageType.API_REPLY, {"result": answer})))
+
     def handle_data(self, body: dict[str, Any], reply: Callable[[bytes], None]) -> None:
         """Shuffled batches for our tasks; the reply (our mark for each) comes after their
         commits. Raises DecodeError for a malformed entry."""
@@ -182,18 +237,33 @@ class FlowService:
     # ------------------------------------------------------------------ queries
 
     def query(self, args: dict[str, Any], reply: Callable[[Any, str | None], None]) -> None:
-        """Gather the table of flow ``name`` (or one ``key``) from every member holding it."""
+        """Gather the table of flow ``name`` (or one ``key``) from every live member, the
+        newest copy of each task. Complete when, for every partition, a member of its
+        replica set answered (each holds every durable commit), even if others did not."""
         record = self.registry.get(args["name"])
         request = {"flow": flow_id(record), "key": args.get("key")}
+        live = sorted(m.name for m in self.node.membership.live_members())
+        placement = place(live, self.node.config.partitions, self.node.config.replicas)
+        answered: set[str] = set()
 
         def merge(answers: dict[str, Any]) -> dict[str, list]:
+            answered.update(answers)
+            newest: dict[str, list] = {}  # task -> [epoch, last, rows] of its newest copy
+            for copies in answers.values():
+                for task, copy in copies.items():
+                    if task not in newest or copy[:2] > newest[task][:2]:
+                        newest[task] = copy
             tables: dict[str, list] = {}
-            for rows in answers.values():
+            for _, _, rows in newest.values():
                 for sink, pairs in rows.items():
                     tables.setdefault(sink, []).extend(pairs)
             return tables
 
-        self.gather(record, "rows", lambda member: request, self.runtime.rows, merge, reply)
+        def done(tables: dict[str, list], error: str | None) -> None:
+            reply(tables, error if any(answered.isdisjoint(s) for s in placement) else None)
+
+        self.gather(f"flow {record.name}", "rows", lambda member: request, self.runtime.rows,
+                    merge, done)
 
     def progress_of(self, args: dict[str, Any],
                     reply: Callable[[Any, str | None], None]) -> None:
@@ -213,7 +283,7 @@ class FlowService:
                         total[name] = total.get(name, 0) + value
             return stages
 
-        self.gather(record, "local_progress", lambda member: {"flow": fid}, local, merge,
+        self.gather(f"flow {record.name}", "local_progress", lambda member: {"flow": fid}, local, merge,
                     reply)
 
     def tail(self, args: dict[str, Any], reply: Callable[[Any, str | None], None]) -> None:
@@ -231,24 +301,40 @@ class FlowService:
                     "cursors": {m: a["cursor"] for m, a in answers.items()}}
 
         fid = flow_id(record)
-        self.gather(record, "published",
+        self.gather(f"flow {record.name}", "published",
                     lambda member: {"flow": fid, "cursor": cursors.get(member, 0)},
                     local, merge, reply)
+
+    def partitions(self, reply: Callable[[Any, str | None], None]) -> None:
+        """Per flow version, per partition, the members running or taking it over, with
+        epoch, replicas, state and commits not yet on every replica."""
+        def local(request: dict[str, Any], done: Callable[[Any], None]) -> None:
+            done(self.runtime.partitions)
+
+        def merge(answers: dict[str, Any]) -> dict[str, dict[str, dict[str, Any]]]:
+            flows: dict[str, dict[str, dict[str, Any]]] = {}
+            for member, per_flow in sorted(answers.items()):
+                for fid, parts in per_flow.items():
+                    for p, state in parts.items():
+                        flows.setdefault(fid, {}).setdefault(str(p), {})[member] = state
+            return flows
+
+        self.gather("the partitions", "local_partitions", lambda member: {}, local, merge, reply)
 
     def published(self, request: dict[str, Any]) -> dict[str, Any]:
         """This member's records of a flow version published after ``request["cursor"]``."""
         records, cursor = self.runtime.published.since(request["flow"], int(request["cursor"]))
         return {"records": records, "cursor": cursor}
 
-    def gather(self, record: FlowRecord, op: str,
+    def gather(self, what: str, op: str,
                request_for: Callable[[str], dict[str, Any]],
                local: Callable[[dict[str, Any], Callable[[Any], None]], None],
                merge: Callable[[dict[str, Any]], Any],
                reply: Callable[[Any, str | None], None]) -> None:
-        """Ask every member holding partitions of ``record`` for ``op`` with
-        ``request_for(member)`` (ourselves through ``local(request, done)``) and
-        ``reply(merge(answers), error)``; the error names members that did not answer."""
-        owners = sorted(set(record.members))
+        """Ask every live member for ``op`` about ``record`` with ``request_for(member)``
+        (ourselves through ``local(request, done)``) and ``reply(merge(answers), error)``;
+        the error names members that did not answer."""
+        owners = sorted(m.name for m in self.node.membership.live_members())
         answers: dict[str, Any] = {}
         missing: list[str] = []
 
@@ -259,7 +345,7 @@ class FlowService:
                 answers[member] = answer
             if len(answers) + len(missing) == len(owners):
                 reply(merge(answers), f"no answer from {', '.join(sorted(missing))}, which "
-                      f"hold part of flow {record.name}: try again when they are back"
+                      f"may hold part of {what}: try again when they are back"
                       if missing else None)
 
         for member in owners:

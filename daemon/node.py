@@ -99,6 +99,7 @@ class Node:
         if member.status in (Status.DEAD, Status.LEFT):
             # Requests in flight to it will get no answer: fail them now, not at their timeout.
             self.transport.cancel(member.address)
+        self.flows.view_changed()
 
     def _refused(self, reason: str) -> None:
         log.error("event=exit member=%s reason=%r", self.name, reason)
@@ -126,6 +127,8 @@ class Node:
             except WireError as err:
                 self.membership._drop("request", err)
                 reply(self.codec.encode(MessageType.ERROR, {"error": f"bad request: {err}"}))
+        elif kind == MessageType.REPLICATE:
+            self.flows.handle_replicate(body, reply)
         elif kind == MessageType.FLOW_UPDATE:
             try:
                 self.flows.handle_update(body)

@@ -7,11 +7,18 @@ arrives (registry changes, shuffled batches, acknowledgements) is handed in
 through :meth:`Runtime.post`, from any thread; what must go out leaves through
 ``Hooks``, called on the runtime's thread.
 
-Placement: a flow's partitions are placed over the members that were alive
-when it was submitted (recorded in its registry entry), and stay there for
-the flow's life; a member that is down holds its partitions until it is back
-(it resumes them from its store). Moving partitions to other members needs
-their state there first: that is replication, the next step.
+Placement follows the live view: partition p's replica set is
+``place(alive members)[p]``, its first member the primary. When this member
+becomes primary of partitions it does not run, it takes them over
+(:mod:`daemon.takeover`) with a new epoch; when it stops being their primary
+(or their replica set changes) it stops running them, and keeps their data as
+a replica. Every commit goes to the replicas (:mod:`daemon.replication`) and
+its outputs leave once all hold it.
+
+A member acts only while it sees a majority of the cluster alive (of the
+members it knows, and at least of those a flow was submitted to): one cut
+off alone, or restarted and not yet joined, takes nothing over and commits
+nothing, so it cannot run a partition beside its real primary.
 """
 
 from __future__ import annotations
@@ -26,20 +33,31 @@ from typing import Any, Callable
 from nodes import FlowError, load_flow
 from nodes.plan import plan as make_plan
 
-from .errors import GossipflowError
+from .errors import GossipflowError, StaleCommitError
 from .placement import place
 from .publish import PublishBuffer
 from .registry import FlowRecord
+from .replication import ReplicaServer, epoch_after
 from .store import Store, TaskId
-from .task import FlowContext, Inbound, PartitionTask, decode_batch
+from .takeover import Takeover
+from .task import FlowContext, Inbound, PartitionTask, Pressure, decode_batch
 
 log = logging.getLogger("gossipflow.runtime")
 
 MAX_MESSAGE_ENTRIES = 1024
-"""Batches per shuffle message; one message per member is in flight at a time, so a
-slow receiver slows its senders instead of drowning in resends."""
+"""Batches (or commits) per message; one message per member is in flight at a time, so
+a slow receiver slows its senders instead of drowning in resends."""
+MAX_MESSAGE_BYTES = 4 << 20
+"""Payload bytes per message (at least one entry goes, however big)."""
+MAX_QUEUED_BYTES = 2 * MAX_MESSAGE_BYTES
+"""Shuffled bytes queued for one member beyond its message in flight: tasks stop sending
+to it until the queue drains, so memory stays bounded however fast sources are."""
 REPORT_EVERY = 0.05
 """Seconds between progress reports to the event loop."""
+STEP_BUDGET = 0.05
+"""Seconds of task steps between two looks at what arrived (views, acks, answers)."""
+RETRY_TAKEOVER = 0.3
+"""Seconds before a failed takeover of a partition is tried again."""
 
 
 def flow_id(record: FlowRecord) -> str:
@@ -55,6 +73,9 @@ class Hooks:
     """send(member, entries, on_marks): one message with many batches, each entry
     [flow_id, stage, partition, origin, seq, payload]; on_marks gets the receiver's
     mark for each entry, or None when no answer came."""
+    call: Callable[[str, str, Any, Callable[[Any], None]], None]
+    """call(member, kind, args, on_reply): a replication request to another member's
+    :class:`~daemon.replication.ReplicaServer`; on_reply gets its answer or None."""
     failed: Callable[[FlowRecord, str], None]
     """failed(record, error): mark the flow failed cluster-wide."""
     progress: Callable[[str, int, list[int]], None]
@@ -62,26 +83,43 @@ class Hooks:
 
 
 class RunningFlow:
-    """One flow version's tasks on this member."""
+    """One flow version on this member: its plan, and the partitions it is primary of."""
 
-    def __init__(self, record: FlowRecord, me: str, partitions: int, replicas: int,
-                 store: Store, send: Callable[..., None], publish: PublishBuffer,
-                 batch_size: int) -> None:
+    def __init__(self, record: FlowRecord, partitions: int, store: Store,
+                 send: Callable[..., bool], publish: PublishBuffer, batch_size: int,
+                 pressure: Pressure) -> None:
         self.record = record
         self.id = flow_id(record)
         self.plan = make_plan(load_flow(record.text, record.path))
-        self.owners = [s[0] for s in place(record.members, partitions, replicas)]
         self.partitions = partitions
-        ctx = FlowContext(self.id, self.plan, partitions, store, send, publish.append,
-                          batch_size=batch_size)
-        ctx.splits = {name: source.splits(partitions) for name, source in self.plan.sources.items()}
+        self.ctx = FlowContext(self.id, self.plan, partitions, store, send, publish.append,
+                               batch_size=batch_size, pressure=pressure)
+        self.ctx.splits = {name: source.splits(partitions)
+                           for name, source in self.plan.sources.items()}
         self.tasks: dict[tuple[int, int], PartitionTask] = {}
-        for stage in self.plan.stages:
-            for p in range(partitions):
-                if self.owners[p] == me:
-                    self.tasks[(stage.id, p)] = PartitionTask(ctx, stage, p)
+        self.active: dict[int, tuple[int, tuple[str, ...]]] = {}
+        """Partitions running here: partition -> (epoch, replicas)."""
+        self.takeovers: dict[int, Takeover] = {}
+        self.retry_at: dict[int, float] = {}
+        self.seen: dict[int, int] = {}
+        """Per partition, the highest epoch a failed takeover met."""
         self.total = len(self.plan.stages) * partitions
         self.reported: set[int] = set()
+
+    def task_ids(self, p: int) -> list[TaskId]:
+        return [TaskId(self.id, stage.id, p) for stage in self.plan.stages]
+
+    def activate(self, p: int, epoch: int, replicas: tuple[str, ...]) -> list[PartitionTask]:
+        tasks = [PartitionTask(self.ctx, stage, p, epoch, replicas) for stage in self.plan.stages]
+        for task in tasks:
+            self.tasks[(task.stage.id, p)] = task
+        self.active[p] = (epoch, replicas)
+        return tasks
+
+    def deactivate(self, p: int) -> list[PartitionTask]:
+        self.active.pop(p, None)
+        return [self.tasks.pop((stage.id, p)) for stage in self.plan.stages
+                if (stage.id, p) in self.tasks]
 
     def done_indices(self) -> list[int]:
         return sorted(stage * self.partitions + p
@@ -95,16 +133,31 @@ class Runtime:
                  batch_size: int = 1000) -> None:
         self.me, self.partitions, self.replicas = me, partitions, replicas
         self.store, self.hooks, self.batch_size = store, hooks, batch_size
+        self.server = ReplicaServer(store)
         self.flows: dict[str, RunningFlow] = {}
         self._records: dict[str, FlowRecord] = {}  # name -> latest record seen
         self._inbox: queue.Queue = queue.Queue()
         self._running = False
         self._outgoing: dict[str, list[tuple[list, TaskId, str]]] = {}
         self._in_flight: set[str] = set()  # members with a shuffle message on its way
+        self._queued: dict[str, int] = {}  # member -> payload bytes in _outgoing
+        self.pressure = Pressure()
         self._final: dict[str, dict] = {}  # figures of flows that stopped here
         self.published = PublishBuffer()
         self._ready: dict[TaskId, PartitionTask] = {}
         """Tasks that may have work: checked, stepped, and kept while they still have."""
+        self.view: list[str] = [me]
+        """Members alive (or suspect) in our view, ourselves included, sorted."""
+        self.known: set[str] = {me}
+        """Members known and not gone for good (alive, suspect or dead; not left)."""
+        self.left: set[str] = set()
+        self.has_view = False
+        """Whether the event loop sent a view yet (it does once joined): until then we
+        know too little of the cluster to run anything."""
+        self.sets: list[list[str]] = place(self.view, partitions, replicas)
+        self._to_replicate: set[PartitionTask] = set()
+        self._replica_out: dict[str, list[tuple[PartitionTask, bytes]]] = {}
+        self._replicating: set[str] = set()  # members with a commits message on its way
 
     # ------------------------------------------------------------------ from other threads
 
@@ -115,8 +168,8 @@ class Runtime:
 
     def post(self, *item: Any) -> None:
         """Hand the worker something to do (thread-safe): ("flow", record),
-        ("data", flow_id, stage, partition, origin, seq, payload, reply),
-        ("ack", task_id, destination, mark)."""
+        ("view", alive, known, left), ("data", flow_id, stage, partition, origin, seq,
+        payload, reply), ("ack", task_id, destination, mark), ("reply", fn, answer)."""
         self._inbox.put(item)
 
     # ------------------------------------------------------------------ the runtime's thread
@@ -131,15 +184,21 @@ class Runtime:
             self._drain(timeout=min([REPORT_EVERY, *wakes]) - now if wakes else REPORT_EVERY)
             now = time.monotonic()
             ready, self._ready = self._ready, {}
-            for task in ready.values():
-                if not self._running:
-                    break
+            stepped: dict[TaskId, PartitionTask] = {}
+            # the task that stepped longest ago first: sources share what the pressure allows
+            tasks = iter(sorted(ready.values(), key=lambda t: t.stepped_at))
+            for task in tasks:
                 wake = task.wake_at(now)
-                if wake is not None and wake <= now and task.id.flow in self.flows:
+                if wake is not None and wake <= now and self._current(task):
+                    task.stepped_at = now
                     self._step(task)
                     wake = task.wake_at(now)
-                if wake is not None:
-                    self._ready[task.id] = task
+                if wake is not None and self._current(task):
+                    stepped[task.id] = task
+                if not self._running or time.monotonic() - now > STEP_BUDGET:
+                    break
+            self._ready.update({t.id: t for t in tasks})  # not reached: next time
+            self._ready.update(stepped)
             self._flush()
             now = time.monotonic()
             if now >= next_report:
@@ -168,6 +227,10 @@ class Runtime:
             self._on_data(*item[1:])
         elif kind == "sent":
             self._in_flight.discard(item[1])
+        elif kind == "reply":
+            item[1](item[2])
+        elif kind == "view":
+            self._on_view(*item[1:])
         elif kind == "ack":
             task_id, dest, mark = item[1:]
             running = self.flows.get(task_id.flow)
@@ -175,6 +238,11 @@ class Runtime:
             if task is not None:
                 task.on_ack(dest, mark)
                 self._ready[task.id] = task
+
+    def _current(self, task: PartitionTask) -> bool:
+        """Whether ``task`` is still running here (not stepped down, flow not stopped)."""
+        running = self.flows.get(task.id.flow)
+        return running is not None and running.tasks.get((task.id.stage, task.id.partition)) is task
 
     def _on_flow(self, record: FlowRecord) -> None:
         self._records[record.name] = record
@@ -186,8 +254,8 @@ class Runtime:
         if record.status != "running" or flow_id(record) in self.flows:
             return
         try:
-            running = RunningFlow(record, self.me, self.partitions, self.replicas, self.store,
-                                  self._send, self.published, self.batch_size)
+            running = RunningFlow(record, self.partitions, self.store, self._send,
+                                  self.published, self.batch_size, self.pressure)
         except (FlowError, GossipflowError, OSError) as err:
             log.error("event=flow_failed member=%s flow=%s error=%r",
                       self.me, record.name, str(err))
@@ -195,17 +263,111 @@ class Runtime:
             return
         self.flows[running.id] = running
         gc.freeze()  # the plan and tasks live as long as the flow: keep them out of collections
-        log.info("event=flow_started member=%s flow=%s tasks=%d", self.me, running.id,
-                 len(running.tasks))
-        for task in running.tasks.values():
-            task.pump()  # resend what a previous life left in the outbox
+        log.info("event=flow_started member=%s flow=%s", self.me, running.id)
+        self._place(running, time.monotonic())
+
+    # ------------------------------------------------------------------ placement
+
+    def _on_view(self, alive: list[str], known: list[str], left: list[str]) -> None:
+        self.view = sorted(set(alive) | {self.me})
+        self.known = set(known) | {self.me}
+        self.left = set(left) - {self.me}
+        self.sets = place(self.view, self.partitions, self.replicas)
+        self.has_view = True
+        log.info("event=view member=%s alive=%s", self.me, ",".join(self.view))
+        now = time.monotonic()
+        for running in list(self.flows.values()):
+            self._place(running, now)
+
+    def quorate(self, running: RunningFlow) -> bool:
+        """Whether we see a majority of the cluster: of the members we know and of those
+        the flow was submitted to, not counting members that left for good."""
+        cluster = (self.known | set(running.record.members)) - self.left
+        return 2 * len(self.view) > len(cluster)
+
+    def _place(self, running: RunningFlow, now: float) -> None:
+        """Start, keep or stop running each partition as the view says."""
+        quorate = self.has_view and self.quorate(running)
+        starting = []
+        for p in range(self.partitions):
+            rset = self.sets[p]
+            mine = quorate and rset[0] == self.me
+            replicas = tuple(rset[1:])
+            if p in running.active and (not mine or running.active[p][1] != replicas):
+                self._deactivate(running, p, "view")
+            takeover = running.takeovers.get(p)
+            if takeover is not None and (not mine or takeover.sets[p] != rset):
+                takeover.drop(p)
+                del running.takeovers[p]
+            if mine and p not in running.active and p not in running.takeovers \
+                    and now >= running.retry_at.get(p, 0.0):
+                starting.append(p)
+        if starting:
+            self._take_over(running, starting)
+
+    def _take_over(self, running: RunningFlow, partitions: list[int]) -> None:
+        tasks = {p: running.task_ids(p) for p in partitions}
+        seen = max(max(running.seen.get(p, 0), *(max(m.epoch, m.promised) for m in map(
+            self.store.task_meta, tasks[p]))) for p in partitions)
+        epoch = epoch_after(seen, self.me)
+        takeover = Takeover(
+            self.me, self.store, self._call, epoch, tasks,
+            {p: self.sets[p] for p in partitions}, list(self.view),
+            on_ready=lambda p: self._took_over(running, takeover, p),
+            on_failed=lambda p, seen: self._takeover_failed(running, takeover, p, seen))
+        takeover.started = time.monotonic()
+        for p in partitions:
+            running.takeovers[p] = takeover
+        log.info("event=takeover_start member=%s flow=%s partitions=%d epoch=%d",
+                 self.me, running.id, len(partitions), epoch)
+        takeover.start()
+
+    def _took_over(self, running: RunningFlow, takeover: Takeover, p: int) -> None:
+        if running.takeovers.get(p) is not takeover or self.flows.get(running.id) is not running:
+            return
+        del running.takeovers[p]
+        for task in running.activate(p, takeover.epoch, tuple(takeover.sets[p][1:])):
+            task.pump()  # what a previous primary left in the outbox goes out again
             self._ready[task.id] = task
+        log.info("event=partition_active member=%s flow=%s partition=%d epoch=%d replicas=%s "
+                 "took=%.3f", self.me, running.id, p, takeover.epoch,
+                 ",".join(takeover.sets[p][1:]) or "-", time.monotonic() - takeover.started)
+
+    def _takeover_failed(self, running: RunningFlow, takeover: Takeover, p: int,
+                         seen: int) -> None:
+        if running.takeovers.get(p) is takeover:
+            del running.takeovers[p]
+            running.seen[p] = max(running.seen.get(p, 0), seen)
+            running.retry_at[p] = time.monotonic() + RETRY_TAKEOVER
+
+    def _deactivate(self, running: RunningFlow, p: int, why: str) -> None:
+        for task in running.deactivate(p):
+            self._ready.pop(task.id, None)
+            self._to_replicate.discard(task)
+        running.retry_at[p] = time.monotonic() + (RETRY_TAKEOVER if why == "stale" else 0.0)
+        log.info("event=step_down member=%s flow=%s partition=%d reason=%s",
+                 self.me, running.id, p, why)
+
+    def _call(self, member: str, kind: str, args: Any, on_reply: Callable[[Any], None]) -> None:
+        """A replication request; the answer comes back through the inbox either way."""
+        if member != self.me:
+            self.hooks.call(member, kind, args, lambda answer: self.post("reply", on_reply, answer))
+            return
+        try:
+            answer = self.server.handle(kind, args)
+        except (GossipflowError, ValueError) as err:
+            log.warning("event=replication_refused member=%s kind=%s error=%r",
+                        self.me, kind, str(err))
+            answer = None
+        self.post("reply", on_reply, answer)
+
+    # ------------------------------------------------------------------ data
 
     def _on_data(self, fid: str, stage: int, partition: int, origin: str, seq: int,
                  payload: bytes, reply: Callable[[int | None], None]) -> None:
         running = self.flows.get(fid)
         task = running and running.tasks.get((stage, partition))
-        if task is None:  # not started here yet (or not ours): the sender retries
+        if task is None:  # not running here (not ours, or not taken over yet): resent later
             reply(None)
             return
         try:
@@ -218,43 +380,53 @@ class Runtime:
         self._ready[task.id] = task
 
     def _step(self, task: PartitionTask) -> None:
-        running = self.flows.get(task.id.flow)
-        if running is None:
-            return
+        running = self.flows[task.id.flow]
         try:
             task.step()
+        except StaleCommitError as err:  # a newer primary made our store promise its epoch
+            log.info("event=stale_epoch member=%s task=%s error=%r", self.me, task.id, str(err))
+            self._deactivate(running, task.partition, "stale")
+            return
         except FlowError as err:
             self._fail(running, f"stage {task.stage.name!r} partition {task.partition}: {err}")
+            return
         except GossipflowError as err:  # e.g. the store is full
             self._fail(running, f"partition {task.partition}: {err}")
+            return
+        if task.log.commits:
+            self._to_replicate.add(task)
 
     def _fail(self, running: RunningFlow, error: str) -> None:
         log.error("event=flow_failed member=%s flow=%s error=%r", self.me, running.id, error)
         self.flows.pop(running.id, None)
         self.hooks.failed(running.record, error)
 
-    def _send(self, task_id: TaskId, dest: str, seq: int, payload: bytes) -> None:
+    def _send(self, task_id: TaskId, dest: str, seq: int, payload: bytes) -> bool:
         running = self.flows.get(task_id.flow)
         if running is None:
-            return
+            return False
         stage, partition = (int(x) for x in dest.split("/"))
         origin = f"{task_id.stage}/{task_id.partition}"
-
-        owner = running.owners[partition]
+        owner = self.sets[partition][0]
         if owner == self.me:
             self._on_data(running.id, stage, partition, origin, seq, payload,
                           lambda mark: self.post("ack", task_id, dest, mark))
-        else:
-            self._outgoing.setdefault(owner, []).append(
-                ([running.id, stage, partition, origin, seq, payload], task_id, dest))
+            return True
+        if self._queued.get(owner, 0) >= MAX_QUEUED_BYTES:
+            return False
+        self._queued[owner] = self._queued.get(owner, 0) + len(payload)
+        self._outgoing.setdefault(owner, []).append(
+            ([running.id, stage, partition, origin, seq, payload], task_id, dest))
+        return True
 
     def _flush(self) -> None:
         """Send what the last steps produced: one message per member, one at a time."""
+        self._replicate()
         for member, waiting in self._outgoing.items():
             if member in self._in_flight or not waiting:
                 continue
-            items = waiting[:MAX_MESSAGE_ENTRIES]
-            del waiting[:MAX_MESSAGE_ENTRIES]
+            items = _take(waiting, lambda item: len(item[0][5]))
+            self._queued[member] -= sum(len(entry[5]) for entry, _, _ in items)
             self._in_flight.add(member)
 
             def on_marks(marks: list | None, items: list = items, member: str = member) -> None:
@@ -265,11 +437,58 @@ class Runtime:
                 self.post("sent", member)
             self.hooks.send(member, [entry for entry, _, _ in items], on_marks)
 
+    # ------------------------------------------------------------------ replication
+
+    def _replicate(self) -> None:
+        """Ship new commits to replicas: one message per member in flight at a time."""
+        for task in self._to_replicate:
+            for member in task.log.replicas:
+                if task.log.wants(member):
+                    self._replica_out.setdefault(member, []).extend(
+                        (task, data) for _, data in task.log.take(member))
+        self._to_replicate.clear()
+        for member, waiting in self._replica_out.items():
+            if member in self._replicating or not waiting:
+                continue
+            items = _take(waiting, lambda item: len(item[1]))
+            self._replicating.add(member)
+            entries = [[t.id.flow, t.id.stage, t.id.partition, data] for t, data in items]
+            self.hooks.call(member, "commits", entries, lambda answer, items=items, m=member:
+                            self.post("reply", lambda a: self._replicated(m, items, a), answer))
+
+    def _replicated(self, member: str, items: list[tuple[PartitionTask, bytes]],
+                    answer: Any) -> None:
+        self._replicating.discard(member)
+        answers = answer if isinstance(answer, list) and len(answer) == len(items) else []
+        for i, (task, _) in enumerate(items):
+            if not self._current(task):
+                continue
+            got = answers[i] if answers else None
+            if not (isinstance(got, list) and len(got) == 2
+                    and all(isinstance(x, int) for x in got)):
+                task.log.on_lost(member)  # housekeeping sends again
+            elif got[1] > task.epoch:
+                log.info("event=stale_epoch member=%s task=%s replica=%s epoch=%d promised=%d",
+                         self.me, task.id, member, task.epoch, got[1])
+                self._deactivate(self.flows[task.id.flow], task.partition, "stale")
+            else:
+                task.on_replicated(member, got[0])
+                self._ready[task.id] = task
+                if task.log.wants(member):
+                    self._to_replicate.add(task)
+
     def _housekeeping(self, now: float) -> None:
+        self.pressure.outbox_bytes = sum(task.pending_bytes for running in self.flows.values()
+                                         for task in running.tasks.values())
         for running in list(self.flows.values()):
+            self._place(running, now)
             for task in running.tasks.values():
                 if any(task.pending.values()):
                     task.pump()  # what was refused or timed out goes again
+                if task.log.commits:
+                    self._to_replicate.add(task)
+                if task.id not in self._ready and task.wake_at(now) is not None:
+                    self._ready[task.id] = task  # e.g. a source the pressure held back
             done = running.done_indices()
             if set(done) != running.reported:
                 running.reported = set(done)
@@ -284,6 +503,22 @@ class Runtime:
             out[fid] = self._figures(running)
         return out
 
+    def partition_states(self) -> dict[str, dict[str, dict[str, Any]]]:
+        """Per flow, the partitions this member runs or is taking over: epoch, replicas,
+        state ("active" or "taking over"), and commits not yet on every replica."""
+        out: dict[str, dict[str, dict[str, Any]]] = {}
+        for fid, running in list(self.flows.items()):
+            parts = out.setdefault(fid, {})
+            for p, (epoch, replicas) in list(running.active.items()):
+                backlog = max((t.log.backlog for (s, q), t in list(running.tasks.items())
+                               if q == p), default=0)
+                parts[str(p)] = {"epoch": epoch, "replicas": list(replicas),
+                                 "state": "active", "unreplicated": backlog}
+            for p, takeover in list(running.takeovers.items()):
+                parts[str(p)] = {"epoch": takeover.epoch, "replicas": list(takeover.sets[p][1:]),
+                            "state": "taking over", "unreplicated": 0}
+        return out
+
     @staticmethod
     def _figures(running: RunningFlow) -> dict[str, dict[str, int]]:
         stages: dict[str, dict[str, int]] = {}
@@ -296,3 +531,16 @@ class Runtime:
             s["done"] += task.done
             s["tasks"] += 1
         return stages
+
+
+def _take(waiting: list, size: Callable[[Any], int]) -> list:
+    """Remove and return the first entries of ``waiting`` that fit one message."""
+    count, total = 0, 0
+    for item in waiting[:MAX_MESSAGE_ENTRIES]:
+        total += size(item)
+        if count and total > MAX_MESSAGE_BYTES:
+            break
+        count += 1
+    items = waiting[:count]
+    del waiting[:count]
+    return items

@@ -57,6 +57,7 @@ from .errors import (
     ConfigError,
     DecodeError,
     InvalidCommitError,
+    StaleCommitError,
     StaleEpochError,
     StoreError,
     StoreFullError,
@@ -358,47 +359,65 @@ class Store:
             InvalidCommitError: an outbox sequence below next_sequences, NUL in an id, ...
             StoreFullError: the disk (or the map at max_map_size) is full; nothing written.
         """
-        p, c = task_prefix(commit.task), commit
+        return self._write(lambda txn: self._apply(txn, commit), _size(commit))
 
-        def write(txn: lmdb.Transaction) -> bool:
-            raw = txn.get(p, db=self._tmeta)
-            last, epoch, promised = _META.unpack(raw) if raw else (0, 0, 0)
-            if c.epoch < max(epoch, promised):
-                raise StaleEpochError(f"task {c.task}: commit {c.number} is from epoch {c.epoch}"
-                                      f", below epoch {max(epoch, promised)} promised or seen "
-                                      "here; a newer primary exists, step down")
-            if c.number <= last:
-                return False
-            if c.number != last + 1:
-                raise CommitGapError(f"task {c.task}: commit {c.number} does not follow the "
-                                     f"last applied commit {last}; send {last + 1} first")
-            for k in c.state_deletes:
-                txn.delete(p + k, db=self._state)
-            if c.state_puts:
-                txn.cursor(db=self._state).putmulti([(p + k, v) for k, v in c.state_puts.items()])
-            for split, offset in c.offsets.items():
-                txn.put(p + _id(split), offset, db=self._offsets)
-            for origin, mark in c.marks.items():
-                txn.put(p + _id(origin), _U64.pack(mark), db=self._marks)
-            for dest, seq in c.outbox_deletes:
-                txn.delete(p + _id(dest) + b"\x00" + _U64.pack(seq), db=self._outbox)
-            nexts: dict[str, int] = {}
-            for dest, seq, payload in c.outbox_puts:
-                if dest not in nexts:
-                    raw = txn.get(p + _id(dest), db=self._seqs)
-                    nexts[dest] = _U64.unpack(raw)[0] if raw else 0
-                if seq < nexts[dest]:
-                    raise InvalidCommitError(
-                        f"task {c.task}: outbox sequence {seq} to {dest!r} is below the next "
-                        f"sequence {nexts[dest]}; take sequences from next_sequences()")
-                txn.put(p + _id(dest) + b"\x00" + _U64.pack(seq), payload, db=self._outbox)
-                nexts[dest] = seq + 1
-            for dest, nxt in nexts.items():
-                txn.put(p + _id(dest), _U64.pack(nxt), db=self._seqs)
-            txn.put(p, _META.pack(c.number, c.epoch, promised), db=self._tmeta)
-            return True
+    def apply_many(self, commits: list[Commit]) -> list[bool | StaleCommitError]:
+        """Applies commits in order in one transaction (a replica's batch): each one's
+        result as :meth:`apply` would return it, or the StaleCommitError it would raise
+        (that commit is skipped, the others stand).
 
-        return self._write(write, sum(map(len, c.state_puts.values())) + 24 * len(c.state_puts))
+        Raises:
+            InvalidCommitError, StoreFullError: as for apply; then nothing is written.
+        """
+        def write(txn: lmdb.Transaction) -> list[bool | StaleCommitError]:
+            results: list[bool | StaleCommitError] = []
+            for commit in commits:
+                try:
+                    results.append(self._apply(txn, commit))
+                except StaleCommitError as err:  # raised before that commit wrote anything
+                    results.append(err)
+            return results
+
+        return self._write(write, sum(map(_size, commits)))
+
+    def _apply(self, txn: lmdb.Transaction, c: Commit) -> bool:
+        p = task_prefix(c.task)
+        raw = txn.get(p, db=self._tmeta)
+        last, epoch, promised = _META.unpack(raw) if raw else (0, 0, 0)
+        if c.epoch < max(epoch, promised):
+            raise StaleEpochError(f"task {c.task}: commit {c.number} is from epoch {c.epoch}"
+                                  f", below epoch {max(epoch, promised)} promised or seen "
+                                  "here; a newer primary exists, step down")
+        if c.number <= last:
+            return False
+        if c.number != last + 1:
+            raise CommitGapError(f"task {c.task}: commit {c.number} does not follow the "
+                                 f"last applied commit {last}; send {last + 1} first")
+        for k in c.state_deletes:
+            txn.delete(p + k, db=self._state)
+        if c.state_puts:
+            txn.cursor(db=self._state).putmulti([(p + k, v) for k, v in c.state_puts.items()])
+        for split, offset in c.offsets.items():
+            txn.put(p + _id(split), offset, db=self._offsets)
+        for origin, mark in c.marks.items():
+            txn.put(p + _id(origin), _U64.pack(mark), db=self._marks)
+        for dest, seq in c.outbox_deletes:
+            txn.delete(p + _id(dest) + b"\x00" + _U64.pack(seq), db=self._outbox)
+        nexts: dict[str, int] = {}
+        for dest, seq, payload in c.outbox_puts:
+            if dest not in nexts:
+                raw = txn.get(p + _id(dest), db=self._seqs)
+                nexts[dest] = _U64.unpack(raw)[0] if raw else 0
+            if seq < nexts[dest]:
+                raise InvalidCommitError(
+                    f"task {c.task}: outbox sequence {seq} to {dest!r} is below the next "
+                    f"sequence {nexts[dest]}; take sequences from next_sequences()")
+            txn.put(p + _id(dest) + b"\x00" + _U64.pack(seq), payload, db=self._outbox)
+            nexts[dest] = seq + 1
+        for dest, nxt in nexts.items():
+            txn.put(p + _id(dest), _U64.pack(nxt), db=self._seqs)
+        txn.put(p, _META.pack(c.number, c.epoch, promised), db=self._tmeta)
+        return True
 
     def set_promise(self, task: TaskId, epoch: int) -> bool:
         """Promises to refuse commits of ``task`` from epochs below ``epoch``.
@@ -505,10 +524,14 @@ class Store:
                     total += len(pairs)
         return iter(chunks + [msgpack.packb(["end", total])])
 
-    def restore(self, task: TaskId, chunks: Iterable[bytes]) -> None:
+    def restore(self, task: TaskId, chunks: Iterable[bytes], epoch: int | None = None) -> None:
         """Replaces all of a task's data with a snapshot of it, in one transaction.
 
+        With ``epoch`` (a primary bringing its replica level): refused if this store
+        promised or saw a higher epoch, and afterwards promised ``epoch`` at least.
+
         Raises:
+            StaleEpochError: ``epoch`` is below the task's promise or last epoch here.
             StoreError: the chunks are not a complete snapshot of ``task``; nothing written.
             StoreFullError: as for apply.
         """
@@ -534,9 +557,19 @@ class Store:
                              "nothing was written, copy it again")
 
         def write(txn: lmdb.Transaction) -> None:
+            if epoch is not None:
+                raw = txn.get(p, db=self._tmeta)
+                _, seen, promised = _META.unpack(raw) if raw else (0, 0, 0)
+                if epoch < max(seen, promised):
+                    raise StaleEpochError(f"task {task}: snapshot from epoch {epoch}, below "
+                                          f"epoch {max(seen, promised)} promised or seen here")
             self._drop(txn, p)
             for db, pairs in parts:
                 txn.cursor(db=db).putmulti(pairs)
+            if epoch is not None:
+                raw = txn.get(p, db=self._tmeta)
+                last, seen, promised = _META.unpack(raw) if raw else (0, 0, 0)
+                txn.put(p, _META.pack(last, seen, max(promised, epoch)), db=self._tmeta)
 
         self._write(write, size)
 
@@ -561,6 +594,11 @@ class Store:
         """Returns a daemon-wide record, or None."""
         with self._read() as txn:
             return txn.get(_meta_key(key), db=self._meta)
+
+
+def _size(commit: Commit) -> int:
+    """About how many bytes a commit writes (to grow the map ahead of it)."""
+    return sum(map(len, commit.state_puts.values())) + 24 * len(commit.state_puts)
 
 
 def _meta_key(key: str) -> bytes:

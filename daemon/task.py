@@ -11,8 +11,11 @@ The loop of a task (DESIGN.md, "The partition task"):
 3. commit, in one LMDB transaction (:class:`~daemon.store.Commit`): changed
    keyed state, table rows, offsets / marks, and every output bound
    downstream appended to the outbox with its own sequence number;
-4. only then send the outbox entries (and acknowledge the inputs); an entry
-   is deleted (in a later commit) once its receiver acknowledges it.
+4. replicate the commit (:class:`~daemon.replication.ReplicaLog`); once every
+   replica holds it, send its outbox entries, acknowledge its inputs and
+   publish; an entry is deleted (in a later commit) once its receiver
+   acknowledges it. Commits are pipelined: the task keeps committing while
+   earlier commits are on their way to the replicas.
 
 After a crash the task reloads state, offsets, marks and outbox from the
 store and resends the outbox with the same sequence numbers; receivers drop
@@ -37,17 +40,22 @@ from nodes.errors import FlowError
 from nodes.plan import Plan, Stage, route
 from nodes.sinks import FilesSink, TableSink
 
+from .replication import ReplicaLog
 from .store import Commit, Store, TaskId
 
 log = logging.getLogger("gossipflow.task")
 
 WINDOW = 8
 """Unacknowledged batches in flight per destination (credit-based backpressure)."""
-MAX_PENDING = 64
-"""A source stops reading while this many outbox entries await acknowledgement."""
+MAX_PENDING_BYTES = 512 << 10
+"""A source stops reading while this many bytes of its outbox await acknowledgement..."""
+MAX_MEMBER_PENDING_BYTES = 4 << 20
+"""... or while all tasks of its member together have this many (see Pressure)."""
 BATCHES_PER_COMMIT = 50
 """A commit groups up to this many batches: fewer, larger commits and shuffle messages
 (the outputs of the whole group are combined before they are sent)."""
+MAX_UNREPLICATED = 4
+"""A task stops taking input while this many of its commits are not on every replica."""
 COMMIT_INTERVAL = 0.05
 """Seconds a shuffled batch may wait for others to share its commit (latency traded for
 fewer, larger commits, as Flink's checkpoint interval does)."""
@@ -102,6 +110,14 @@ class Inbound:
 
 
 @dataclass
+class Pressure:
+    """Shared by every task of a member: outbox bytes awaiting acknowledgement, summed
+    now and then by the runtime, so many sources together cannot flood a member."""
+
+    outbox_bytes: int = 0
+
+
+@dataclass
 class FlowContext:
     """What every task of one running flow shares."""
 
@@ -109,12 +125,14 @@ class FlowContext:
     plan: Plan
     partitions: int
     store: Store
-    send: Callable[[TaskId, str, int, bytes], None]
-    """send(from task, destination "stage/partition", seq, payload): hand to the network."""
+    send: Callable[[TaskId, str, int, bytes], bool]
+    """send(from task, destination "stage/partition", seq, payload): hand to the network;
+    False (and not sent) while the way to the destination is full."""
     publish: Callable[[str, str, list], None] = lambda flow, sink, records: None
     """publish(flow id, sink name, records): the live stream, after the commit."""
     splits: dict[str, list] = field(default_factory=dict)
     batch_size: int = 1000
+    pressure: Pressure = field(default_factory=Pressure)
 
     def senders(self, stage: int) -> range | set[int]:
         """Partitions of ``stage`` that send anything: for a source stage the ones with
@@ -126,13 +144,21 @@ class FlowContext:
 
 
 class PartitionTask:
-    """Stage ``stage`` of a flow for partition ``partition``, resumed from the store."""
+    """Stage ``stage`` of a flow for partition ``partition``, resumed from the store,
+    run as primary in ``epoch`` with its commits replicated to ``replicas``.
 
-    def __init__(self, ctx: FlowContext, stage: Stage, partition: int) -> None:
+    What the store holds when the task starts is on every replica already (the
+    takeover made it so): its outbox may be sent at once.
+    """
+
+    def __init__(self, ctx: FlowContext, stage: Stage, partition: int, epoch: int = 0,
+                 replicas: tuple[str, ...] = ()) -> None:
         self.ctx, self.stage, self.partition = ctx, stage, partition
         self.id = TaskId(ctx.flow_id, stage.id, partition)
+        self.epoch = epoch
         store = ctx.store
         self.number = store.task_meta(self.id).last
+        self.log = ReplicaLog(replicas, self.number)
         self.offsets = {k: unpack(v) for k, v in store.offsets(self.id).items()}
         self.marks = store.marks(self.id)
         self.state: dict | None = None
@@ -148,6 +174,12 @@ class PartitionTask:
         self.pending: dict[str, deque[tuple[int, bytes]]] = {}
         for dest, seq, payload in store.outbox(self.id):
             self.pending.setdefault(dest, deque()).append((seq, payload))
+        self.pending_bytes = sum(len(p) for q in self.pending.values() for _, p in q)
+        self.released = {dest: queue[-1][0] for dest, queue in self.pending.items()}
+        """Per destination, the highest outbox sequence whose commit is durable."""
+        self.held: deque[tuple[int, dict[str, int], list, list]] = deque()
+        """(commit number, its outbox sequences, input replies, publications) waiting
+        for that commit to be on every replica."""
         self.sent: dict[str, int] = {}  # destination -> highest sequence sent, not yet acked
         self.acked: list[tuple[str, int]] = []  # outbox entries to delete in the next commit
         self._acked_upto: dict[str, int] = {}  # destination -> highest sequence in acked
@@ -160,6 +192,7 @@ class PartitionTask:
         self.records_in = self.records_out = 0
         self.unread = []
         """Indices of this task's source splits not read to the end yet."""
+        self.stepped_at = 0.0  # when the runtime last stepped it (it steps the oldest first)
         self.idle = False
         """A source task without splits: nothing to read, nothing to send, done from the
         start (downstream tasks do not wait for its end of stream)."""
@@ -178,11 +211,14 @@ class PartitionTask:
     @property
     def done(self) -> bool:
         """All input consumed, end-of-stream sent, and every output acknowledged."""
-        return self.idle or (bool(self.offsets.get(EOS_SENT)) and not any(self.pending.values()))
+        return self.idle or (bool(self.offsets.get(EOS_SENT)) and not any(self.pending.values())
+                             and self.log.durable >= self.number)
 
     def wake_at(self, now: float) -> float | None:
         """When this task should step next: ``now`` or earlier for at once, a later time
         to let more input gather into one commit, None when it has nothing to do."""
+        if self.log.backlog >= MAX_UNREPLICATED:
+            return None  # the replicas' answers wake us
         if self.acked:
             return now
         if self.inbox:  # even when done: late duplicates must be answered
@@ -194,9 +230,15 @@ class PartitionTask:
             return None
         if self.input_done:
             return now
-        if self.stage.kind == "source" and sum(map(len, self.pending.values())) < MAX_PENDING:
+        if self.may_read():
             return now
         return None
+
+    def may_read(self) -> bool:
+        """A source task with input left, not held back by unacknowledged output."""
+        return (self.stage.kind == "source" and bool(self.unread)
+                and not self.offsets.get(EOS_SENT) and self.pending_bytes < MAX_PENDING_BYTES
+                and self.ctx.pressure.outbox_bytes < MAX_MEMBER_PENDING_BYTES)
 
     def receive(self, batch: Inbound, now: float) -> None:
         """Queue a shuffled batch for the next step."""
@@ -214,7 +256,7 @@ class PartitionTask:
         out = self.stage.outbox()
         if self.stage.kind != "source":
             self._take_inbox(out, commit, replies)  # after end of stream: late duplicates
-        elif not self.offsets.get(EOS_SENT):
+        elif self.may_read():
             self._read_source(out, commit)
         self._published: list[tuple[str, list]] = []
         self._emit(out, commit)
@@ -224,21 +266,41 @@ class PartitionTask:
         if commit.state_puts or commit.state_deletes or commit.offsets or commit.marks \
                 or commit.outbox_puts or commit.outbox_deletes:
             self._commit(commit)
-        for name, records in self._published:
-            self.ctx.publish(self.id.flow, name, records)
-        for reply, mark in replies:
-            reply(mark)
+        if replies or self._published or commit.outbox_puts:
+            seqs = {dest: seq for dest, seq, _ in commit.outbox_puts}
+            self.held.append((self.number, seqs, replies, self._published))
+        self.release()
+
+    def release(self) -> None:
+        """Let out what durable commits produced (outputs, acknowledgements,
+        publications), in commit order, and send."""
+        durable = self.log.durable
+        while self.held and self.held[0][0] <= durable:
+            _, seqs, replies, published = self.held.popleft()
+            self.released.update(seqs)
+            for name, records in published:
+                self.ctx.publish(self.id.flow, name, records)
+            for reply, mark in replies:
+                reply(mark)
         self.pump()
 
+    def on_replicated(self, member: str, last: int) -> None:
+        """Replica ``member`` holds our commits up to ``last``."""
+        self.log.on_reply(member, last)
+        self.release()
+
     def _commit(self, commit: Commit) -> None:
+        commit.epoch = self.epoch
         self.ctx.store.apply(commit)
+        self.log.add(commit.number, commit.to_bytes() if self.log.replicas else b"")
         self.number = commit.number
         for dest, seq in commit.outbox_deletes:
             queue = self.pending.get(dest)
             while queue and queue[0][0] <= seq:
-                queue.popleft()
+                self.pending_bytes -= len(queue.popleft()[1])
         for dest, seq, payload in commit.outbox_puts:
             self.pending.setdefault(dest, deque()).append((seq, payload))
+            self.pending_bytes += len(payload)
 
     def _read_source(self, out: Any, commit: Commit) -> None:
         source = self.ctx.plan.sources[self.stage.source]
@@ -337,13 +399,14 @@ class PartitionTask:
     def pump(self) -> None:
         """Send outbox entries up to the window of each destination."""
         for dest, queue in self.pending.items():
-            sent = self.sent.get(dest, 0)
+            sent, released = self.sent.get(dest, 0), self.released.get(dest, 0)
             budget = WINDOW - sum(1 for seq, _ in queue if seq <= sent)
             for seq, payload in queue:
-                if budget <= 0:
+                if budget <= 0 or seq > released:
                     break
                 if seq > sent:
-                    self.ctx.send(self.id, dest, seq, payload)
+                    if not self.ctx.send(self.id, dest, seq, payload):
+                        return  # the receiving member has enough queued: later
                     self.sent[dest] = sent = seq
                     budget -= 1
 
@@ -363,6 +426,7 @@ class PartitionTask:
 
     def status(self) -> dict[str, Any]:
         return {"stage": self.stage.id, "partition": self.partition, "done": self.done,
+                "epoch": self.epoch, "durable": self.log.durable, "last": self.number,
                 "records_in": self.records_in, "records_out": self.records_out,
                 "pending": sum(map(len, self.pending.values()))}
 

@@ -61,6 +61,7 @@ class MessageType(IntEnum):
     ERROR = 10           # response: {"error": "..."}: the request was refused
     FLOW_UPDATE = 11     # request: registry records "fl" and/or task progress "pg"
     DATA = 12            # request: shuffled batches for partition tasks; reply: their marks
+    REPLICATE = 13       # request: a replication request "k" with args "a"; reply: its answer
 
 
 class Status(IntEnum):
@@ -89,6 +90,7 @@ SCHEMAS: dict[MessageType, dict[str, Any]] = {
     MessageType.ERROR: {"error": str},
     MessageType.FLOW_UPDATE: {"fl?": list, "pg?": list},
     MessageType.DATA: {"b": list},
+    MessageType.REPLICATE: {"k": str, "a": object},
 }
 _LISTS = {"u": _UPDATE, "st": _STATE}
 

@@ -6,11 +6,15 @@ the :class:`~daemon.runtime.Runtime` and owns the store: every user function
 runs there. They talk over a pipe; the parent's side is :class:`WorkerProcess`,
 which the flow service uses as it would use a runtime.
 
-Parent -> child: ``("flow", record)``, ``("data", id, entries)``,
-``("marks", id, marks)`` (answers to the child's sends), ``("rows", id, args)``.
-Child -> parent: ``("send", id, member, entries)``, ``("data_marks", id, marks)``,
+Parent -> child: ``("flow", record)``, ``("view", alive, known, left)``,
+``("data", id, entries)``, ``("marks", id, marks)`` (answers to the child's sends),
+``("called", id, answer)`` (answers to the child's calls), ``("serve", id, (kind,
+args))`` (a peer's replication request), ``("rows", id, args)``.
+Child -> parent: ``("send", id, member, entries)``, ``("call", id, member, kind,
+args)``, ``("data_marks", id, marks)``, ``("served", id, answer)``,
 ``("failed", record, error)``, ``("progress", fid, total, done)``,
-``("published", fid, sink, records)``, ``("status", figures)``, ``("rows", id, rows)``.
+``("published", fid, sink, records)``, ``("status", figures, partitions)``,
+``("rows", id, rows)``.
 
 If the parent dies (even by SIGKILL) the child sees the pipe close and exits at
 once; if the child dies, the parent logs it and stops, so nothing runs half.
@@ -30,7 +34,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, Callable
 
-from .errors import StoreError
+from .errors import GossipflowError, StoreError
 from .publish import PublishBuffer
 from .registry import FlowRecord
 from .store import Store
@@ -60,6 +64,8 @@ class WorkerProcess:
         self._waiting: dict[int, Callable[[Any], None]] = {}
         self.figures: dict[str, Any] = {}
         """Per flow version, per stage: the child's last report."""
+        self.partitions: dict[str, Any] = {}
+        """Per flow version, the partitions the child runs or takes over (its last report)."""
         self.published = PublishBuffer()
         self._outgoing: queue.SimpleQueue = queue.SimpleQueue()
         """What goes to the child: written by a thread of its own, because a write to a
@@ -95,7 +101,8 @@ class WorkerProcess:
     # ------------------------------------------------------------------ requests
 
     def post(self, kind: str, *args: Any) -> None:
-        """("flow", record) or ("marks", id, marks)."""
+        """("flow", record), ("view", alive, known, left), ("marks", id, marks) or
+        ("called", id, answer)."""
         if kind == "flow":
             self._send(("flow", args[0].to_wire()))
         else:
@@ -107,6 +114,10 @@ class WorkerProcess:
 
     def rows(self, args: dict[str, Any], on_rows: Callable[[dict], None]) -> None:
         self._ask("rows", args, on_rows)
+
+    def serve(self, kind: str, args: Any, on_answer: Callable[[Any], None]) -> None:
+        """A peer's replication request; ``on_answer`` gets the answer (None: refused)."""
+        self._ask("serve", (kind, args), on_answer)
 
     def status(self) -> dict[str, Any]:
         return self.figures
@@ -126,12 +137,12 @@ class WorkerProcess:
             while self._conn.poll():
                 message = self._conn.recv()
                 kind = message[0]
-                if kind in ("data_marks", "rows"):
+                if kind in ("data_marks", "rows", "served"):
                     callback = self._waiting.pop(message[1], None)
                     if callback is not None:
                         callback(message[2])
                 elif kind == "status":
-                    self.figures = message[1]
+                    self.figures, self.partitions = message[1], message[2]
                 elif kind == "published":
                     self.published.append(*message[1:])
                 else:
@@ -171,8 +182,17 @@ def worker_main(conn: Connection, name: str, partitions: int, replicas: int,
         waiting[send_id] = on_marks
         send(("send", send_id, member, entries))
 
+    calls = itertools.count(1)
+    answers: dict[int, Callable[[Any], None]] = {}
+
+    def hook_call(member: str, kind: str, args: Any, on_reply: Callable[[Any], None]) -> None:
+        call_id = next(calls)
+        answers[call_id] = on_reply
+        send(("call", call_id, member, kind, args))
+
     runtime = Runtime(name, partitions, replicas, store, Hooks(
         send=hook_send,
+        call=hook_call,
         failed=lambda record, error: send(("failed", record.to_wire(), error)),
         progress=lambda fid, total, done: send(("progress", fid, total, done))))
     runtime.published = _Forward(send)  # type: ignore[assignment]
@@ -187,10 +207,18 @@ def worker_main(conn: Connection, name: str, partitions: int, replicas: int,
                     runtime.post("flow", FlowRecord.from_wire(message[1]))
                 elif kind == "data":
                     _post_data(runtime, send, message[1], message[2])
+                elif kind == "view":
+                    runtime.post(*message)
                 elif kind == "marks":
                     callback = waiting.pop(message[1], None)
                     if callback is not None:
                         callback(message[2])
+                elif kind == "called":
+                    callback = answers.pop(message[1], None)
+                    if callback is not None:
+                        callback(message[2])
+                elif kind == "serve":
+                    send(("served", message[1], _serve(runtime.server, *message[2])))
                 elif kind == "rows":  # on its own thread: this one must keep reading
                     threading.Thread(target=lambda m=message: send(
                         ("rows", m[1], table_rows(store, m[2]))), daemon=True).start()
@@ -200,7 +228,7 @@ def worker_main(conn: Connection, name: str, partitions: int, replicas: int,
     def report() -> None:
         while True:
             time.sleep(STATUS_EVERY)
-            send(("status", runtime.status()))
+            send(("status", runtime.status(), runtime.partition_states()))
 
     threading.Thread(target=read, name="pipe", daemon=True).start()
     threading.Thread(target=report, name="report", daemon=True).start()
@@ -222,6 +250,15 @@ def _post_data(runtime: Any, send: Callable[[tuple], None], request_id: int,
         send(("data_marks", request_id, marks))
     for i, entry in enumerate(entries):
         runtime.post("data", *entry, lambda mark, i=i: reply(i, mark))
+
+
+def _serve(server: Any, kind: str, args: Any) -> Any:
+    """A peer's replication request against our store; None when refused."""
+    try:
+        return server.handle(kind, args)
+    except (GossipflowError, ValueError, TypeError, KeyError) as err:
+        log.warning("event=replication_refused kind=%s error=%r", kind, str(err))
+        return None
 
 
 class _Forward:
@@ -248,17 +285,22 @@ def _open_store(path: str) -> Store:
 
 
 def table_rows(store: Store, args: dict[str, Any]) -> dict[str, list]:
-    """Table rows the store holds for a flow version: {sink: [[key, value]]}."""
+    """Table rows this store's copies hold for a flow version, per task with the copy's
+    position (replicas hold copies too; the asker keeps the newest of each task):
+    {"stage/partition": [epoch, last, {sink: [[key, value]]}]}."""
     fid, key = args["flow"], args.get("key")
     out: dict[str, list] = {}
     for task in store.tasks():
         if task.flow != fid:
             continue
+        rows: dict[str, list] = {}
         for k, v in store.iter_state(task, start=TABLE):
             if not k.startswith(TABLE):
                 break
             sink, _, packed = k[1:].partition(b"\x00")
             row_key = unpack(packed)
             if key is None or row_key == key:
-                out.setdefault(sink.decode(), []).append([row_key, unpack(v)])
+                rows.setdefault(sink.decode(), []).append([row_key, unpack(v)])
+        meta = store.task_meta(task)
+        out[f"{task.stage}/{task.partition}"] = [meta.epoch, meta.last, rows]
     return out

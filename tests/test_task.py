@@ -30,7 +30,8 @@ def store(tmp_path: Path):
 def context(store: Store, sent: list, tmp_path: Path) -> FlowContext:
     the_plan = plan(load_flow(FLOW, str(tmp_path / "wc.py")))
     ctx = FlowContext("wc@1", the_plan, P, store,
-                      lambda task, dest, seq, payload: sent.append((task, dest, seq, payload)),
+                      lambda task, dest, seq, payload:
+                      sent.append((task, dest, seq, payload)) or True,
                       batch_size=7)
     ctx.splits = {name: s.splits(P) for name, s in the_plan.sources.items()}
     return ctx
@@ -112,9 +113,12 @@ def test_end_of_stream_comes_after_the_last_data(store, tmp_path):
 
 
 
-def test_a_source_stops_reading_while_its_receivers_lag(store, tmp_path):
+def test_a_source_stops_reading_while_its_receivers_lag(store, tmp_path, monkeypatch):
     """Backpressure: unacknowledged outputs stop a source; acknowledgements resume it."""
-    from daemon.task import MAX_PENDING
+    import daemon.task
+
+    MAX_PENDING_BYTES = 30_000  # noqa: N806 - the module's limit, made small for the test
+    monkeypatch.setattr(daemon.task, "MAX_PENDING_BYTES", MAX_PENDING_BYTES)
 
     sent: list = []
     text = FLOW.replace('generate(40, lambda i: f"a b w{i % 4}")',
@@ -122,13 +126,17 @@ def test_a_source_stops_reading_while_its_receivers_lag(store, tmp_path):
     assert text != FLOW
     the_plan = plan(load_flow(text, str(tmp_path / "wc.py")))
     ctx = FlowContext("wc@1", the_plan, 64, store,
-                      lambda task, dest, seq, payload: sent.append((dest, seq)), batch_size=100)
+                      lambda task, dest, seq, payload: sent.append((dest, seq)) or True,
+                      batch_size=100)
     ctx.splits = {name: s.splits(64) for name, s in the_plan.sources.items()}
     task = PartitionTask(ctx, the_plan.stages[0], 0)
+    before = 0
     while task.wake_at(0.0) is not None:
+        before = task.pending_bytes
         task.step()
-    pending = sum(map(len, task.pending.values()))
-    assert MAX_PENDING <= pending < MAX_PENDING + 64  # one step past the limit at most
+    pending = sum(len(p) for queue in task.pending.values() for _, p in queue)
+    assert pending == task.pending_bytes
+    assert before < MAX_PENDING_BYTES <= pending  # it read while below the limit, then stopped
     assert not task.input_done  # it stopped early: the split is far from read
     read = task.records_in
     for dest, seq in list(sent):

@@ -6,12 +6,15 @@ The corpus: --lines lines (default 2 000 000) of 8 words drawn from a
 
 - plain: one process, ``Counter.update(line.split())`` over the files;
 - gossipflow on N daemons (``--preset local``, real processes on 127.0.0.1):
-  from ``submit`` to ``completed``, the result checked equal to plain's.
+  from ``submit`` to ``completed``, the result checked equal to plain's; with
+  one replica (R=1) and, on 2 or more daemons, with R=2 (every commit on two
+  members before its outputs leave): the ratio R=2 / R=1 is the cost of
+  replication.
 
 - Bytewax 0.21 (when installed: the optional ``bench`` extra), its natural
   flat_map + count_final on 1 and 2 processes, the result checked the same way.
 
-    python scripts/benchmarks/wordcount.py [--lines 2000000] [--daemons 1,2,3]
+    python scripts/benchmarks/wordcount.py [--lines 2000000] [--daemons 1,2,3] [--replicas 1,2]
 """
 
 from __future__ import annotations
@@ -44,12 +47,13 @@ def plain(corpus: Path) -> tuple[Counter, float]:
     return counts, time.perf_counter() - start
 
 
-def gossipflow(flow_file: Path, daemons: int, root: Path, expected: Counter) -> float:
+def gossipflow(flow_file: Path, daemons: int, replicas: int, root: Path,
+               expected: Counter) -> float:
     names = [f"n{i}" for i in range(daemons)]
     root.mkdir(parents=True)
     cluster = Cluster(root, preset="local")
     try:
-        cluster.start_many(names)
+        cluster.start_many(names, replicas=replicas)
         start = time.perf_counter()
         result = subprocess.run([sys.executable, "-m", "daemon.cli", "submit", str(flow_file),
                                  "--node", cluster["n0"].address, "--wait"],
@@ -104,6 +108,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--lines", type=int, default=2_000_000)
     parser.add_argument("--daemons", default="1,2,3")
+    parser.add_argument("--replicas", default="1,2")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="gossipflow-wc-") as tmp:
         work = Path(tmp)
@@ -115,12 +120,20 @@ def main() -> None:
         print(f"corpus: {args.lines} lines, {words} words, {len(expected)} distinct")
         print(f"{'what':<28} {'seconds':>8} {'M words/s':>10} {'vs plain':>9}")
         print(f"{'plain Python Counter':<28} {plain_s:>8.2f} {base / 1e6:>10.3f} {1:>9.3f}")
-        ours = {}
+        ours, runs = {}, {}
         for n in [int(x) for x in args.daemons.split(",")]:
-            took = gossipflow(flow_file, n, work / f"cluster{n}", expected)
-            rate = ours[n] = words / took
-            print(f"{f'gossipflow, {n} daemon(s)':<28} {took:>8.2f} {rate / 1e6:>10.3f} "
-                  f"{rate / base:>9.3f}", flush=True)
+            for r in [int(x) for x in args.replicas.split(",")]:
+                if r > n:
+                    continue
+                took = gossipflow(flow_file, n, r, work / f"cluster{n}r{r}", expected)
+                rate = runs[n, r] = words / took
+                ours[n] = max(ours.get(n, 0), rate) if r == 1 else ours.get(n, rate)
+                print(f"{f'gossipflow, {n} daemon(s), R={r}':<28} {took:>8.2f} "
+                      f"{rate / 1e6:>10.3f} {rate / base:>9.3f}", flush=True)
+        costs = [f"{n} daemons {runs[n, 2] / runs[n, 1]:.2f}x" for n, r in runs
+                 if r == 2 and (n, 1) in runs]
+        if costs:
+            print("replication, throughput R=2 / R=1: " + ", ".join(costs))
         if importlib.util.find_spec("bytewax") is None:
             print("bytewax: not installed (pip install -e '.[bench]'); skipped")
             return
@@ -131,7 +144,7 @@ def main() -> None:
             print(f"{f'bytewax 0.21, {processes} process(es)':<28} {took:>8.2f} "
                   f"{rate / 1e6:>10.3f} {rate / base:>9.3f}", flush=True)
         best = max(theirs.values())
-        print("gossipflow / best bytewax: " + ", ".join(
+        print("gossipflow (R=1) / best bytewax: " + ", ".join(
             f"{n} daemon(s) {rate / best:.2f}x" for n, rate in ours.items()))
 
 

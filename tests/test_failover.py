@@ -1,0 +1,143 @@
+"""Replication and failover on real daemons: kill them, lose nothing, count nothing twice.
+
+Every daemon is a real process on 127.0.0.1 (UDP, ZeroMQ, LMDB); results are
+compared with ``Counter`` over the same files. Daemons are killed with SIGKILL
+mid-flow and, unlike in test_flows_cluster, the flow finishes *without* them:
+their partitions move to the survivors, which hold copies of their commits.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+from pathlib import Path
+
+import pytest
+from daemons import Cluster, cluster_fixture, wait_for  # noqa: F401
+from test_flows_cluster import WORDCOUNT, flow_record, stdlib_counts, submit, table, write
+
+pytestmark = pytest.mark.timeout(300)
+
+THREE = ["n0", "n1", "n2"]
+
+STRIDES = """
+from nodes import Flow, sources, sinks
+flow = Flow("forever")
+(flow.source(sources.generate(None, lambda i: i))
+     .key_by(lambda i: str(i % 256))
+     .fold((0, 0), lambda acc, i: (acc[0] + 1, acc[1] + i))
+     .sink(sinks.table()))
+"""
+"""Unbounded: split k of the 256 yields k, k + 256, k + 512, ... in order, all with key k,
+so at every commit key "k"'s (count c, sum) covers a prefix: sum = c k + 256 c (c - 1) / 2.
+A lost record breaks the sum, a duplicated one the count and the sum."""
+
+
+def check_strides(rows: dict) -> None:
+    assert set(rows) == {str(k) for k in range(256)}
+    wrong = {k: (c, total) for k, (c, total) in rows.items()
+             if c < 1 or total != c * int(k) + 256 * c * (c - 1) // 2}
+    assert not wrong, f"keys whose records were lost or counted twice: {wrong}"
+
+
+def running(cluster: Cluster, node: str) -> dict[int, dict[str, dict]]:
+    """Partition -> {member: state} of the one running flow, from ``ring`` on ``node``."""
+    flows = cluster.request(node, "ring", timeout=10.0)["flows"]
+    assert len(flows) <= 1, flows
+    parts = next(iter(flows.values()), {})
+    return {int(p): members for p, members in parts.items()}
+
+
+def took_over(cluster: Cluster, node: str, partition: int) -> list[int]:
+    """Epochs at which ``node`` started running ``partition`` (from its log)."""
+    found = re.findall(rf"event=partition_active member={node} flow=\S+ "
+                       rf"partition={partition} epoch=(\d+)", cluster[node].log_path.read_text())
+    return [int(e) for e in found]
+
+
+def processing(cluster: Cluster, node: str) -> bool:
+    record = flow_record(cluster, node, "wordcount")
+    return record["status"] == "running" and sum(
+        s["records_in"] for s in record["local"].values()) > 0
+
+
+def finish_and_check(cluster: Cluster, nodes: list[str]) -> None:
+    wait_for(lambda: flow_record(cluster, nodes[0], "wordcount")["status"] == "completed", 240,
+             interval=0.5, message="the flow completes on the survivors")
+    expected = stdlib_counts()
+    for node in nodes:
+        assert table(cluster, node, "wordcount") == expected
+
+
+def test_killing_the_primary_of_partition_0_loses_nothing(cluster: Cluster,
+                                                          tmp_path: Path) -> None:
+    cluster.start_many(THREE, replicas=2)
+    victim = cluster.request("n0", "ring")["placement"][0][0]
+    survivors = [n for n in THREE if n != victim]
+    assert submit(cluster, survivors[0], write(tmp_path, "wc.py", WORDCOUNT)).returncode == 0
+    wait_for(lambda: processing(cluster, victim), 30, message=f"{victim} is processing")
+    cluster.kill(victim, signal.SIGKILL)
+    assert cluster.wait_exit(victim) == -signal.SIGKILL
+    finish_and_check(cluster, survivors)
+    # partition 0 went to a survivor, at a higher epoch than the victim's
+    victim_epochs = took_over(cluster, victim, 0)
+    survivor_epochs = [e for n in survivors for e in took_over(cluster, n, 0)]
+    assert victim_epochs and survivor_epochs and max(survivor_epochs) > max(victim_epochs)
+
+
+def test_any_two_of_five_killed_at_once_with_three_replicas(cluster: Cluster,
+                                                           tmp_path: Path) -> None:
+    five = [f"n{i}" for i in range(5)]
+    cluster.start_many(five, replicas=3)
+    assert submit(cluster, "n0", write(tmp_path, "wc.py", WORDCOUNT)).returncode == 0
+    wait_for(lambda: processing(cluster, "n3") and processing(cluster, "n4"), 30,
+             message="n3 and n4 are processing")
+    for node in ("n3", "n4"):
+        cluster.kill(node, signal.SIGKILL)
+    for node in ("n3", "n4"):
+        assert cluster.wait_exit(node) == -signal.SIGKILL
+    finish_and_check(cluster, five[:3])
+
+
+def test_a_member_added_mid_flow_takes_partitions_and_the_result_is_exact(
+        cluster: Cluster, tmp_path: Path) -> None:
+    cluster.start_many(THREE, replicas=2)
+    assert submit(cluster, "n0", write(tmp_path, "wc.py", WORDCOUNT)).returncode == 0
+    wait_for(lambda: processing(cluster, "n1"), 30, message="n1 is processing")
+    cluster.start("n3", join=["n0"], replicas=2)
+    cluster.wait_converged([*THREE, "n3"])
+    placement = cluster.request("n0", "ring")["placement"]
+    theirs = {p for p, replicas in enumerate(placement) if replicas[0] == "n3"}
+    assert theirs  # placement gives the new member partitions
+    wait_for(lambda: {p for p, members in running(cluster, "n0").items()
+                      if members.get("n3", {}).get("state") == "active"} == theirs
+             or flow_record(cluster, "n0", "wordcount")["status"] == "completed",
+             60, message="n3 runs the partitions placement gives it")
+    finish_and_check(cluster, [*THREE, "n3"])
+
+
+def test_a_restarted_member_catches_up_and_gets_its_partitions_back(
+        cluster: Cluster, tmp_path: Path) -> None:
+    cluster.start_many(THREE, replicas=2)
+    flow = write(tmp_path, "forever.py", STRIDES)
+    assert submit(cluster, "n0", flow).returncode == 0
+    mine = {p for p, r in enumerate(cluster.request("n0", "ring")["placement"]) if r[0] == "n2"}
+
+    def active_on(member: str) -> set[int]:
+        return {p for p, members in running(cluster, "n0").items()
+                if members.get(member, {}).get("state") == "active"}
+
+    wait_for(lambda: active_on("n2") == mine, 30, message="n2 runs its partitions")
+    cluster.kill("n2", signal.SIGKILL)
+    assert cluster.wait_exit("n2") == -signal.SIGKILL
+    wait_for(lambda: not active_on("n2") and len(active_on("n0") | active_on("n1")) == 256, 30,
+             message="the survivors run every partition")
+    cluster.restart("n2")
+    cluster.wait_converged(THREE)
+    wait_for(lambda: active_on("n2") == mine, 60, message="n2 gets its partitions back")
+    wait_for(lambda: len(cluster.request("n1", "query", timeout=10.0,
+                                         args={"name": "forever"})) == 256,
+             30, message="every split has produced records")
+    cluster.request("n0", "cancel", args={"name": "forever"})
+    wait_for(lambda: flow_record(cluster, "n0", "forever")["status"] == "cancelled", 10)
+    check_strides(dict(cluster.request("n1", "query", timeout=10.0, args={"name": "forever"})))
