@@ -22,6 +22,7 @@ import click
 from . import client
 from .config import PRESETS, Config
 from .errors import ClientError, ConfigError, GossipflowError
+from .replication import ROUND_SHIFT
 
 DEFAULT_NODE = "127.0.0.1:7400"
 EXIT_ERROR = 2
@@ -132,7 +133,8 @@ def members(ask: Callable[..., Any], as_json: bool) -> None:
 @main.command()
 @client_command
 def ring(ask: Callable[..., Any], as_json: bool) -> None:
-    """Partition placement: each partition's replica set, primary first."""
+    """Partition placement, and who runs each partition of each flow (epoch, replicas,
+    takeovers in progress: --json shows every partition)."""
     result = ask("ring")
     if as_json:
         _print_json(result)
@@ -145,6 +147,19 @@ def ring(ask: Callable[..., Any], as_json: bool) -> None:
             load[name][0 if rank == 0 else 1] += 1
     _print_table([[name, p, r] for name, (p, r) in sorted(load.items())],
                  ["MEMBER", "PRIMARY", "REPLICA"])
+    for fid, parts in sorted(result["flows"].items()):
+        rows: dict[str, list] = {}
+        for members in parts.values():
+            for name, state in members.items():
+                row = rows.setdefault(name, [name, 0, 0, 0, 0])
+                row[1 if state["state"] == "active" else 2] += 1
+                row[3] = max(row[3], state["epoch"] >> ROUND_SHIFT)
+                row[4] += state["unreplicated"]
+        click.echo(f"\nflow {fid}: {len(parts)} of {result['partitions']} partitions running")
+        _print_table(sorted(rows.values()),
+                     ["MEMBER", "RUNNING", "TAKING OVER", "MAX ROUND", "UNREPLICATED"])
+    if result["incomplete"]:
+        click.echo(f"incomplete: {result['incomplete']}")
 
 
 @main.command()
@@ -164,6 +179,11 @@ def status(ask: Callable[..., Any], as_json: bool, flow: str | None) -> None:
                        f["unacked"]] for stage, f in sorted(record["stages"].items(),
                                                              key=lambda kv: int(kv[0].split()[0]))],
                      ["STAGE", "RECORDS IN", "RECORDS OUT", "PARTITIONS DONE", "UNACKED"])
+        parts = record["partitions"]
+        taking = sorted(int(p) for p, members in parts.items()
+                        if any(s["state"] != "active" for s in members.values()))
+        click.echo(f"partitions running: {len(parts) - len(taking)}, taking over: "
+                   f"{', '.join(map(str, taking)) or 'none'} (--json: epoch and replicas of each)")
         if record["incomplete"]:
             click.echo(f"incomplete: {record['incomplete']}")
         return

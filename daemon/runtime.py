@@ -142,6 +142,8 @@ class Runtime:
         self._in_flight: set[str] = set()  # members with a shuffle message on its way
         self._queued: dict[str, int] = {}  # member -> payload bytes in _outgoing
         self.pressure = Pressure()
+        self._resuming: dict[TaskId, float] = {}
+        """Tasks taken over mid-flow that have not processed a record yet: since when."""
         self._final: dict[str, dict] = {}  # figures of flows that stopped here
         self.published = PublishBuffer()
         self._ready: dict[TaskId, PartitionTask] = {}
@@ -250,7 +252,7 @@ class Runtime:
             if fid != flow_id(record) or record.status != "running":
                 log.info("event=flow_stopped member=%s flow=%s status=%s",
                          self.me, fid, record.status)
-                self._final[fid] = self._figures(self.flows.pop(fid))
+                self._final[fid] = self._figures(self._stop(fid))
         if record.status != "running" or flow_id(record) in self.flows:
             return
         try:
@@ -326,9 +328,13 @@ class Runtime:
         if running.takeovers.get(p) is not takeover or self.flows.get(running.id) is not running:
             return
         del running.takeovers[p]
-        for task in running.activate(p, takeover.epoch, tuple(takeover.sets[p][1:])):
+        tasks = running.activate(p, takeover.epoch, tuple(takeover.sets[p][1:]))
+        resumed = any(task.number for task in tasks)  # a takeover mid-flow, not a start
+        for task in tasks:
             task.pump()  # what a previous primary left in the outbox goes out again
             self._ready[task.id] = task
+            if resumed:
+                self._resuming[task.id] = time.monotonic()
         log.info("event=partition_active member=%s flow=%s partition=%d epoch=%d replicas=%s "
                  "took=%.3f", self.me, running.id, p, takeover.epoch,
                  ",".join(takeover.sets[p][1:]) or "-", time.monotonic() - takeover.started)
@@ -342,7 +348,9 @@ class Runtime:
 
     def _deactivate(self, running: RunningFlow, p: int, why: str) -> None:
         for task in running.deactivate(p):
+            task.abandon()
             self._ready.pop(task.id, None)
+            self._resuming.pop(task.id, None)
             self._to_replicate.discard(task)
         running.retry_at[p] = time.monotonic() + (RETRY_TAKEOVER if why == "stale" else 0.0)
         log.info("event=step_down member=%s flow=%s partition=%d reason=%s",
@@ -395,11 +403,23 @@ class Runtime:
             return
         if task.log.commits:
             self._to_replicate.add(task)
+        if task.id in self._resuming and task.records_in:
+            log.info("event=partition_resumed member=%s flow=%s partition=%d stage=%d after=%.3f",
+                     self.me, task.id.flow, task.partition, task.stage.id,
+                     time.monotonic() - self._resuming.pop(task.id))
 
     def _fail(self, running: RunningFlow, error: str) -> None:
         log.error("event=flow_failed member=%s flow=%s error=%r", self.me, running.id, error)
-        self.flows.pop(running.id, None)
+        self._stop(running.id)
         self.hooks.failed(running.record, error)
+
+    def _stop(self, fid: str) -> RunningFlow:
+        """Stop running a flow here; the inputs its tasks hold are answered "no mark"
+        (a message to this member carries batches of other flows too: it must finish)."""
+        running = self.flows.pop(fid)
+        for task in running.tasks.values():
+            task.abandon()
+        return running
 
     def _send(self, task_id: TaskId, dest: str, seq: int, payload: bytes) -> bool:
         running = self.flows.get(task_id.flow)
@@ -483,8 +503,8 @@ class Runtime:
         for running in list(self.flows.values()):
             self._place(running, now)
             for task in running.tasks.values():
-                if any(task.pending.values()):
-                    task.pump()  # what was refused or timed out goes again
+                if task.unsent:
+                    task.pump()  # what was refused, timed out or held back goes again
                 if task.log.commits:
                     self._to_replicate.add(task)
                 if task.id not in self._ready and task.wake_at(now) is not None:
@@ -525,7 +545,7 @@ class Runtime:
         for (stage, _), task in list(running.tasks.items()):
             s = stages.setdefault(f"{stage} {task.stage.name}", {
                 "records_in": 0, "records_out": 0, "done": 0, "tasks": 0, "unacked": 0})
-            s["unacked"] += sum(map(len, task.pending.values()))
+            s["unacked"] += task.pending_count
             s["records_in"] += task.records_in
             s["records_out"] += task.records_out
             s["done"] += task.done

@@ -175,7 +175,10 @@ class PartitionTask:
         for dest, seq, payload in store.outbox(self.id):
             self.pending.setdefault(dest, deque()).append((seq, payload))
         self.pending_bytes = sum(len(p) for q in self.pending.values() for _, p in q)
+        self.pending_count = sum(map(len, self.pending.values()))
         self.released = {dest: queue[-1][0] for dest, queue in self.pending.items()}
+        self.unsent = set(self.pending)
+        """Destinations that may have entries to send now (so pump skips the others)."""
         """Per destination, the highest outbox sequence whose commit is durable."""
         self.held: deque[tuple[int, dict[str, int], list, list]] = deque()
         """(commit number, its outbox sequences, input replies, publications) waiting
@@ -211,7 +214,7 @@ class PartitionTask:
     @property
     def done(self) -> bool:
         """All input consumed, end-of-stream sent, and every output acknowledged."""
-        return self.idle or (bool(self.offsets.get(EOS_SENT)) and not any(self.pending.values())
+        return self.idle or (bool(self.offsets.get(EOS_SENT)) and not self.pending_count
                              and self.log.durable >= self.number)
 
     def wake_at(self, now: float) -> float | None:
@@ -250,9 +253,32 @@ class PartitionTask:
     # ------------------------------------------------------------------ one step
 
     def step(self) -> None:
-        """Consume one unit of input (if any), commit, send. Raises FlowError from user code."""
-        commit = Commit(self.id, 0, self.number + 1, outbox_deletes=self.acked)
+        """Consume one unit of input (if any), commit, send.
+
+        Raises FlowError from user code, StaleCommitError if a newer primary exists; then
+        the task is spent (its memory is past its store): the caller drops it, and the
+        inputs it took are answered "no mark", so their senders send them again."""
         replies: list[tuple[Callable[[int], None], int]] = []
+        try:
+            self._step(replies)
+        except Exception:
+            for reply, _ in replies:
+                reply(None)
+            raise
+
+    def abandon(self) -> None:
+        """This task stops here (we are no longer primary): answer every input it holds
+        "no mark", so its senders send it again, to the new primary."""
+        for _, _, replies, _ in self.held:
+            for reply, _ in replies:
+                reply(None)
+        for batch in self.inbox:
+            batch.reply(None)
+        self.held.clear()
+        self.inbox.clear()
+
+    def _step(self, replies: list[tuple[Callable[[int], None], int]]) -> None:
+        commit = Commit(self.id, 0, self.number + 1, outbox_deletes=self.acked)
         out = self.stage.outbox()
         if self.stage.kind != "source":
             self._take_inbox(out, commit, replies)  # after end of stream: late duplicates
@@ -278,6 +304,7 @@ class PartitionTask:
         while self.held and self.held[0][0] <= durable:
             _, seqs, replies, published = self.held.popleft()
             self.released.update(seqs)
+            self.unsent.update(seqs)
             for name, records in published:
                 self.ctx.publish(self.id.flow, name, records)
             for reply, mark in replies:
@@ -298,9 +325,12 @@ class PartitionTask:
             queue = self.pending.get(dest)
             while queue and queue[0][0] <= seq:
                 self.pending_bytes -= len(queue.popleft()[1])
+                self.pending_count -= 1
+            self.unsent.add(dest)  # its window moved on
         for dest, seq, payload in commit.outbox_puts:
             self.pending.setdefault(dest, deque()).append((seq, payload))
             self.pending_bytes += len(payload)
+            self.pending_count += 1
 
     def _read_source(self, out: Any, commit: Commit) -> None:
         source = self.ctx.plan.sources[self.stage.source]
@@ -397,30 +427,41 @@ class PartitionTask:
     # ------------------------------------------------------------------ network
 
     def pump(self) -> None:
-        """Send outbox entries up to the window of each destination."""
-        for dest, queue in self.pending.items():
-            sent, released = self.sent.get(dest, 0), self.released.get(dest, 0)
-            budget = WINDOW - sum(1 for seq, _ in queue if seq <= sent)
-            for seq, payload in queue:
-                if budget <= 0 or seq > released:
-                    break
-                if seq > sent:
-                    if not self.ctx.send(self.id, dest, seq, payload):
-                        return  # the receiving member has enough queued: later
-                    self.sent[dest] = sent = seq
-                    budget -= 1
+        """Send released outbox entries, up to WINDOW unacknowledged per destination.
+
+        A destination's sequences are consecutive and its queue holds them from the
+        oldest not yet deleted, so the window is ``first .. first + WINDOW - 1``."""
+        for dest in list(self.unsent):
+            queue = self.pending.get(dest)
+            if not queue:
+                self.unsent.discard(dest)
+                continue
+            first = queue[0][0]
+            sent = max(self.sent.get(dest, 0), first - 1)
+            upto = min(self.released.get(dest, 0), first + WINDOW - 1, queue[-1][0])
+            while sent < upto:
+                if not self.ctx.send(self.id, dest, sent + 1, queue[sent + 1 - first][1]):
+                    self.sent[dest] = sent
+                    return  # the receiving member has enough queued: later
+                sent += 1
+            self.sent[dest] = sent
+            self.unsent.discard(dest)
 
     def on_ack(self, dest: str, mark: int | None) -> None:
         """The receiver's high-water mark for us (None: no answer, resend later)."""
         queue = self.pending.get(dest)
-        if mark is None:
-            self.sent[dest] = min(self.sent.get(dest, 0), queue[0][0] - 1 if queue else 0)
+        if not queue:
             return
-        if queue and queue[0][0] <= mark:
-            upto = self._acked_upto.get(dest, 0)
-            self.acked.extend((dest, seq) for seq, _ in queue if upto < seq <= mark)
+        self.unsent.add(dest)  # the window moved, or something must go again
+        first, last = queue[0][0], queue[-1][0]
+        if mark is None:
+            self.sent[dest] = min(self.sent.get(dest, 0), first - 1)
+            return
+        if first <= mark:
+            upto = max(self._acked_upto.get(dest, 0), first - 1)
+            self.acked.extend((dest, seq) for seq in range(upto + 1, min(mark, last) + 1))
             self._acked_upto[dest] = max(upto, mark)
-        if mark < self.sent.get(dest, 0) and queue and queue[-1][0] > mark:
+        if mark < self.sent.get(dest, 0) and last > mark:
             # the receiver lacks something we sent (lost or refused): resend from its mark
             self.sent[dest] = mark
 
@@ -428,7 +469,7 @@ class PartitionTask:
         return {"stage": self.stage.id, "partition": self.partition, "done": self.done,
                 "epoch": self.epoch, "durable": self.log.durable, "last": self.number,
                 "records_in": self.records_in, "records_out": self.records_out,
-                "pending": sum(map(len, self.pending.values()))}
+                "pending": self.pending_count}
 
 
 def decode_batch(payload: bytes) -> tuple[bool, list]:

@@ -28,6 +28,7 @@ import logging
 import multiprocessing
 import os
 import queue
+import signal
 import threading
 import time
 from multiprocessing.connection import Connection
@@ -161,6 +162,10 @@ def worker_main(conn: Connection, name: str, partitions: int, replicas: int,
     """Entry point of the runtime process."""
     from .runtime import Hooks, Runtime
 
+    # The parent decides when we stop (it closes the pipe): a signal to the whole process
+    # group (Ctrl-C, a supervisor's SIGTERM) must not kill us before it has left the cluster.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.basicConfig(level=log_level, format="%(asctime)s level=%(levelname)s %(message)s")
     # Collect garbage rarely: full collections over a flow's state cost tens of ms each.
     gc.set_threshold(50_000, 50, 100)

@@ -20,23 +20,26 @@ pytestmark = pytest.mark.timeout(300)
 
 THREE = ["n0", "n1", "n2"]
 
-STRIDES = """
+P = 64
+"""Partitions of the clusters running STRIDES: fewer sources, so each gets its turn
+often (a generate source reads 50 000 records a step)."""
+STRIDES = f"""
 from nodes import Flow, sources, sinks
 flow = Flow("forever")
 (flow.source(sources.generate(None, lambda i: i))
-     .key_by(lambda i: str(i % 256))
+     .key_by(lambda i: str(i % {P}))
      .fold((0, 0), lambda acc, i: (acc[0] + 1, acc[1] + i))
      .sink(sinks.table()))
 """
-"""Unbounded: split k of the 256 yields k, k + 256, k + 512, ... in order, all with key k,
-so at every commit key "k"'s (count c, sum) covers a prefix: sum = c k + 256 c (c - 1) / 2.
+"""Unbounded: split k of the P yields k, k + P, k + 2P, ... in order, all with key "k", so
+at every commit key "k"'s (count c, sum) covers a prefix: sum = c k + P c (c - 1) / 2.
 A lost record breaks the sum, a duplicated one the count and the sum."""
 
 
 def check_strides(rows: dict) -> None:
-    assert set(rows) == {str(k) for k in range(256)}
+    assert set(rows) == {str(k) for k in range(P)}
     wrong = {k: (c, total) for k, (c, total) in rows.items()
-             if c < 1 or total != c * int(k) + 256 * c * (c - 1) // 2}
+             if c < 1 or total != c * int(k) + P * c * (c - 1) // 2}
     assert not wrong, f"keys whose records were lost or counted twice: {wrong}"
 
 
@@ -118,7 +121,7 @@ def test_a_member_added_mid_flow_takes_partitions_and_the_result_is_exact(
 
 def test_a_restarted_member_catches_up_and_gets_its_partitions_back(
         cluster: Cluster, tmp_path: Path) -> None:
-    cluster.start_many(THREE, replicas=2)
+    cluster.start_many(THREE, replicas=2, partitions=P)
     flow = write(tmp_path, "forever.py", STRIDES)
     assert submit(cluster, "n0", flow).returncode == 0
     mine = {p for p, r in enumerate(cluster.request("n0", "ring")["placement"]) if r[0] == "n2"}
@@ -130,13 +133,13 @@ def test_a_restarted_member_catches_up_and_gets_its_partitions_back(
     wait_for(lambda: active_on("n2") == mine, 30, message="n2 runs its partitions")
     cluster.kill("n2", signal.SIGKILL)
     assert cluster.wait_exit("n2") == -signal.SIGKILL
-    wait_for(lambda: not active_on("n2") and len(active_on("n0") | active_on("n1")) == 256, 30,
+    wait_for(lambda: not active_on("n2") and len(active_on("n0") | active_on("n1")) == P, 30,
              message="the survivors run every partition")
     cluster.restart("n2")
     cluster.wait_converged(THREE)
     wait_for(lambda: active_on("n2") == mine, 60, message="n2 gets its partitions back")
     wait_for(lambda: len(cluster.request("n1", "query", timeout=10.0,
-                                         args={"name": "forever"})) == 256,
+                                         args={"name": "forever"})) == P,
              30, message="every split has produced records")
     cluster.request("n0", "cancel", args={"name": "forever"})
     wait_for(lambda: flow_record(cluster, "n0", "forever")["status"] == "cancelled", 10)
