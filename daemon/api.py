@@ -7,14 +7,18 @@ the daemon: an unknown op or bad arguments get an ERROR that says what is served
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import TYPE_CHECKING, Any, Callable
 
-from .errors import GossipflowError
+from .errors import ConfigError, GossipflowError
 from .flows import pick_table
 from .placement import place
 from .runtime import flow_id
+from .transport import faults as fault_injection
 from .wire import MessageType
+
+log = logging.getLogger("gossipflow.api")
 
 Respond = Callable[[MessageType, dict[str, Any]], None]
 
@@ -129,6 +133,26 @@ def query(node: "Node", args: dict[str, Any], respond: Respond) -> None:
     node.flows.query(args, done)
 
 
+def faults(node: "Node", args: dict[str, Any]) -> dict[str, Any]:
+    """Tests only: cut this daemon off from peers (``{"block": ["host:port", ...]}``,
+    ``{"block": "all"}``, ``{"block": []}`` heals); the blocked set now.
+
+    Served only by a daemon started with GOSSIPFLOW_FAULT_INJECTION=1 (see
+    :mod:`daemon.transport.faults`), so no client can partition a production
+    daemon. Client requests still get through while peers are blocked.
+    """
+    switch = getattr(node.transport, "faults", None)
+    if switch is None:
+        raise ConfigError(f"fault injection is off on {node.name}: the faults request is for "
+                          f"tests; start the daemon with {fault_injection.ENV_VAR}=1 to use it")
+    if "block" in args:
+        switch.block(args["block"])
+        blocked = switch.describe()["block"]
+        log.warning("event=faults member=%s block=%s", node.name,
+                    blocked if isinstance(blocked, str) else ",".join(blocked) or "-")
+    return {**switch.describe(), "dropped": node.transport.stats["dropped_FaultInjected"]}
+
+
 def _arg(args: dict[str, Any], name: str, kind: type) -> Any:
     value = args.get(name)
     if not isinstance(value, kind):
@@ -139,7 +163,7 @@ def _arg(args: dict[str, Any], name: str, kind: type) -> Any:
 OPS: dict[str, Callable[["Node", dict[str, Any]], Any]] = {
     "members": members, "ring": ring, "status": status, "submit": submit, "flows": flows,
     "flow": flow, "cancel": cancel, "local_progress": local_progress,
-    "published": published,
+    "published": published, "faults": faults,
 }
 DEFERRED_OPS: dict[str, Callable[["Node", dict[str, Any], Respond], None]] = {
     "query": query, "progress": progress, "tail": tail, "rows": rows}

@@ -46,7 +46,8 @@ HOST = "127.0.0.1"
 GRACE = 3.0
 """Seconds a daemon gets to leave after SIGTERM before the finaliser SIGKILLs it."""
 DAEMON_CMD = [sys.executable, "-m", "daemon.cli"]
-_ENV_DROP = ("GOSSIPFLOW_NODE", "GOSSIPFLOW_SECRET_FILE")
+FAULT_INJECTION_ENV = "GOSSIPFLOW_FAULT_INJECTION"
+_ENV_DROP = ("GOSSIPFLOW_NODE", "GOSSIPFLOW_SECRET_FILE", FAULT_INJECTION_ENV)
 
 # Every process group started by this module, so an interrupted run still cleans up.
 _live_groups: dict[int, subprocess.Popen] = {}
@@ -200,6 +201,8 @@ class Daemon:
     log_path: Path
     args: list[str]
     secret_file: Path | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    """Extra environment variables (e.g. GOSSIPFLOW_FAULT_INJECTION=1), kept for restarts."""
     proc: subprocess.Popen | None = None
     starts: int = 0
     exit_codes: list[int] = field(default_factory=list)
@@ -247,9 +250,13 @@ class Cluster:
     def start(self, name: str, join: Iterable[str] = (), *, secret_file: Path | str | None = None,
               partitions: int | None = None, replicas: int | None = None,
               preset: str | None = None, extra: Iterable[str] = (),
-              port: int | None = None) -> Daemon:
+              port: int | None = None, env: dict[str, str] | None = None,
+              fault_injection: bool = False) -> Daemon:
         """Start daemon ``name``; ``join`` holds names of started daemons or HOST:PORTs.
 
+        ``env`` adds environment variables; ``fault_injection`` sets
+        GOSSIPFLOW_FAULT_INJECTION=1, so :meth:`block` can cut it off from peers
+        (give it to every daemon of the cluster: see daemon/transport/faults.py).
         Returns at once (the daemon may not answer yet: use :meth:`wait_up`).
         """
         if name in self.daemons:
@@ -268,8 +275,11 @@ class Cluster:
         if replicas is not None:
             args += ["--replicas", str(replicas)]
         args += list(extra)
+        env = dict(env or {})
+        if fault_injection:
+            env[FAULT_INJECTION_ENV] = "1"
         daemon = Daemon(name, port, data_dir, self.root / f"{name}.log", args,
-                        Path(secret_file) if secret_file is not None else None)
+                        Path(secret_file) if secret_file is not None else None, env)
         self.daemons[name] = daemon
         self._spawn(daemon)
         return daemon
@@ -281,8 +291,8 @@ class Cluster:
             log.flush()
             # preexec_fn only calls prctl, looked up before the fork: safe with threads around.
             daemon.proc = subprocess.Popen(
-                DAEMON_CMD + daemon.args, cwd=ROOT, env=clean_env(), stdin=subprocess.DEVNULL,
-                stdout=log, stderr=log, start_new_session=True,
+                DAEMON_CMD + daemon.args, cwd=ROOT, env=clean_env(**daemon.env),
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
                 preexec_fn=_die_with_parent)  # noqa: PLW1509
         _live_groups[daemon.proc.pid] = daemon.proc
 
@@ -350,6 +360,14 @@ class Cluster:
             secret = load_secret(str(secret_file or daemon.secret_file)
                                  if (secret_file or daemon.secret_file) else None)
         return request(daemon.address, op, args, timeout=timeout, secret=secret)
+
+    def block(self, name: str, peers: Iterable[str] | str) -> dict[str, Any]:
+        """Daemon ``name`` (started with ``fault_injection=True``) drops all traffic with
+        ``peers`` (names of daemons or HOST:PORTs), or with every peer for ``"all"``;
+        ``[]`` heals. Returns its answer: ``{"block": ..., "dropped": N}``."""
+        spec: Any = peers if peers == "all" else [
+            self.daemons[p].address if p in self.daemons else p for p in peers]
+        return self.request(name, "faults", args={"block": spec})
 
     def members(self, name: str, **kwargs: Any) -> list[dict[str, Any]]:
         """``members`` as daemon ``name`` sees them (a list of dicts)."""

@@ -4,6 +4,10 @@ Both use the same port number: UDP host:port for packets, a ROUTER socket
 bound to tcp://host:port for requests. Outgoing requests go through one
 DEALER per peer; frames are [request id, payload]. Everything runs on the
 daemon's :class:`~daemon.loop.EventLoop` thread.
+
+With ``GOSSIPFLOW_FAULT_INJECTION=1`` in the environment, ``faults`` (a
+:class:`~.faults.FaultFilter`) drops traffic to and from blocked peers, so
+tests can partition real processes; otherwise it is None and costs nothing.
 """
 
 from __future__ import annotations
@@ -18,7 +22,9 @@ import zmq
 
 from ..errors import ConfigError, TransportError
 from ..loop import EventLoop
+from . import faults as _faults
 from .base import PacketHandler, ReplyHandler, RequestHandler, parse_address
+from .faults import FaultFilter
 
 log = logging.getLogger("gossipflow.transport")
 
@@ -27,11 +33,18 @@ _DRAIN = 256  # messages read per wake-up before giving timers a turn
 
 
 class UdpZmqTransport:
-    """UDP + ZeroMQ transport bound to ``address`` ("host:port")."""
+    """UDP + ZeroMQ transport bound to ``address`` ("host:port").
 
-    def __init__(self, loop: EventLoop, address: str, context: zmq.Context | None = None):
+    Args:
+        faults: the fault-injection switch; by default one if the environment
+            turns it on (:func:`.faults.from_env`), else None.
+    """
+
+    def __init__(self, loop: EventLoop, address: str, context: zmq.Context | None = None,
+                 faults: FaultFilter | None = None):
         self.loop = loop
         self.address = address
+        self.faults = faults if faults is not None else _faults.from_env()
         host, port = parse_address(address)
         self._context = context or zmq.Context.instance()
         self._udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -44,6 +57,8 @@ class UdpZmqTransport:
         self._router = self._context.socket(zmq.ROUTER)
         self._router.setsockopt(zmq.LINGER, 0)
         self._router.setsockopt(zmq.ROUTER_MANDATORY, 0)
+        if self.faults is not None:  # peers' DEALERs reconnect under the same routing id
+            self._router.setsockopt(zmq.ROUTER_HANDOVER, 1)
         try:
             self._router.bind(f"tcp://{host}:{port}")
         except zmq.ZMQError as err:
@@ -66,6 +81,8 @@ class UdpZmqTransport:
     def send_packet(self, to: str, data: bytes) -> None:
         if self.closed:
             return
+        if self.faults is not None and self.faults.active and self._blocked(to, "udp_out"):
+            return
         try:
             self._udp.sendto(data, parse_address(to))
         except (OSError, ConfigError) as err:  # full buffer, unreachable, bad address: lost
@@ -74,6 +91,12 @@ class UdpZmqTransport:
     def request(self, to: str, data: bytes, timeout: float, on_reply: ReplyHandler) -> None:
         if self.closed:
             self.loop.clock.call_later(0, on_reply, None)
+            return
+        if self.faults is not None and self.faults.active and self._blocked(to, "request_out"):
+            # As over a cut network: nothing leaves, the request times out.
+            request_id = next(self._ids).to_bytes(8, "big")
+            timer = self.loop.clock.call_later(timeout, self._expire, request_id)
+            self._pending[request_id] = (on_reply, timer, to)
             return
         dealer = self._dealers.get(to) or self._connect(to)
         request_id = next(self._ids).to_bytes(8, "big")
@@ -112,10 +135,25 @@ class UdpZmqTransport:
         dealer = self._context.socket(zmq.DEALER)
         dealer.setsockopt(zmq.LINGER, 0)
         dealer.setsockopt(zmq.SNDHWM, 64)
+        if self.faults is not None:  # so the peer tells our requests from a client's
+            dealer.setsockopt(zmq.ROUTING_ID, _faults.peer_identity(self.address))
         dealer.connect(f"tcp://{host}:{port}")
         self._dealers[to] = dealer
-        self.loop.add_reader(dealer, lambda: self._read_dealer(dealer))
+        self.loop.add_reader(dealer, lambda: self._read_dealer(dealer, to))
         return dealer
+
+    def _blocked(self, address: str, what: str) -> bool:
+        """True (and counted) if fault injection drops ``what`` to/from ``address``."""
+        return self.faults.blocks(address) and self._count_fault(what)
+
+    def _blocked_identity(self, identity: bytes, what: str) -> bool:
+        """Like :meth:`_blocked` for a ROUTER routing id (clients' always pass)."""
+        return self.faults.blocks_identity(identity) and self._count_fault(what)
+
+    def _count_fault(self, what: str) -> bool:
+        self.stats["dropped_FaultInjected"] += 1
+        self.stats[f"dropped_FaultInjected_{what}"] += 1
+        return True
 
     def _expire(self, request_id: bytes) -> None:
         entry = self._pending.pop(request_id, None)
@@ -138,7 +176,10 @@ class UdpZmqTransport:
             except OSError as err:  # e.g. ICMP port unreachable from an earlier send
                 log.debug("event=udp_recv_failed error=%s", err)
                 continue
-            self._on_packet(f"{host}:{port}", data)
+            src = f"{host}:{port}"
+            if self.faults is not None and self.faults.active and self._blocked(src, "udp_in"):
+                continue
+            self._on_packet(src, data)
 
     def _read_router(self) -> None:
         for _ in range(_DRAIN):
@@ -151,18 +192,24 @@ class UdpZmqTransport:
                 log.debug("event=bad_request frames=%d", len(frames))
                 continue
             identity, request_id, data = frames
+            if (self.faults is not None and self.faults.active
+                    and self._blocked_identity(identity, "request_in")):
+                continue
             self._on_request(data, self._replier(identity, request_id))
 
     def _replier(self, identity: bytes, request_id: bytes):
         def reply(answer: bytes) -> None:
             if not self.closed:
+                if (self.faults is not None and self.faults.active
+                        and self._blocked_identity(identity, "reply_out")):
+                    return
                 try:
                     self._router.send_multipart([identity, request_id, answer], flags=zmq.NOBLOCK)
                 except zmq.ZMQError as err:
                     log.debug("event=reply_failed error=%s", err)
         return reply
 
-    def _read_dealer(self, dealer: zmq.Socket) -> None:
+    def _read_dealer(self, dealer: zmq.Socket, peer: str) -> None:
         for _ in range(_DRAIN):
             if dealer.closed:  # a reply handler cancelled this peer's requests
                 return
@@ -172,6 +219,9 @@ class UdpZmqTransport:
                 return
             if len(frames) != 2:
                 continue
+            if (self.faults is not None and self.faults.active
+                    and self._blocked(peer, "reply_in")):
+                continue  # its request stays pending and times out
             entry = self._pending.pop(frames[0], None)
             if entry is not None:
                 on_reply, timer, _ = entry
