@@ -31,12 +31,25 @@ def members(node: "Node", args: dict[str, Any]) -> list[dict[str, Any]]:
     return [m.to_dict() for m in sorted(node.membership.members.values(), key=lambda m: m.name)]
 
 
-def ring(node: "Node", args: dict[str, Any]) -> dict[str, Any]:
-    """Partition -> replica set (primary first), from the live members in this daemon's view."""
+def ring(node: "Node", args: dict[str, Any], respond: Respond) -> None:
+    """Partition -> replica set (primary first), from the live members in this daemon's
+    view; and per running flow, per partition, who runs it or takes it over, at which
+    epoch, with which replicas (gathered from every live member)."""
     live = sorted(m.name for m in node.membership.live_members())
-    return {"partitions": node.config.partitions, "replicas": node.config.replicas,
-            "members": live, "placement": place(live, node.config.partitions,
-                                                node.config.replicas)}
+    placement = place(live, node.config.partitions, node.config.replicas)
+
+    def done(flows: dict[str, Any], error: str | None) -> None:
+        respond(MessageType.API_REPLY, {"result": {
+            "partitions": node.config.partitions, "replicas": node.config.replicas,
+            "members": live, "placement": placement, "flows": flows,
+            "incomplete": error or ""}})
+
+    node.flows.partitions(done)
+
+
+def local_partitions(node: "Node", args: dict[str, Any]) -> dict[str, Any]:
+    """Partitions this member runs or takes over, per flow version (asked by ``ring``)."""
+    return node.flows.runtime.partitions
 
 
 def status(node: "Node", args: dict[str, Any]) -> dict[str, Any]:
@@ -93,9 +106,14 @@ def progress(node: "Node", args: dict[str, Any], respond: Respond) -> None:
 
     def done(stages: dict, error: str | None) -> None:
         total, finished = node.flows.progress.get(flow_id(record), (0, set()))
-        respond(MessageType.API_REPLY, {"result": {
-            **record.summary(), "tasks": total, "tasks_done": len(finished), "stages": stages,
-            "incomplete": error or ""}})
+
+        def with_partitions(flows: dict, also: str | None) -> None:
+            respond(MessageType.API_REPLY, {"result": {
+                **record.summary(), "tasks": total, "tasks_done": len(finished),
+                "stages": stages, "partitions": flows.get(flow_id(record), {}),
+                "incomplete": error or also or ""}})
+
+        node.flows.partitions(with_partitions)
 
     node.flows.progress_of(args, done)
 
@@ -126,7 +144,7 @@ def query(node: "Node", args: dict[str, Any], respond: Respond) -> None:
             respond(MessageType.ERROR, {"error": error})
             return
         try:
-            respond(MessageType.API_REPLY, {"result": pick_table(tables, args.get("sink"))})
+            respond(MessageType.API_REPLY, {"packed": pick_table(tables, args.get("sink"))})
         except GossipflowError as err:
             respond(MessageType.ERROR, {"error": str(err)})
 
@@ -161,12 +179,12 @@ def _arg(args: dict[str, Any], name: str, kind: type) -> Any:
 
 
 OPS: dict[str, Callable[["Node", dict[str, Any]], Any]] = {
-    "members": members, "ring": ring, "status": status, "submit": submit, "flows": flows,
-    "flow": flow, "cancel": cancel, "local_progress": local_progress,
-    "published": published, "faults": faults,
+    "members": members, "local_partitions": local_partitions, "status": status,
+    "submit": submit, "flows": flows, "flow": flow, "cancel": cancel,
+    "local_progress": local_progress, "published": published, "faults": faults,
 }
 DEFERRED_OPS: dict[str, Callable[["Node", dict[str, Any], Respond], None]] = {
-    "query": query, "progress": progress, "tail": tail, "rows": rows}
+    "query": query, "progress": progress, "tail": tail, "rows": rows, "ring": ring}
 
 
 def handle(node: "Node", op: str, args: dict[str, Any], respond: Respond) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import msgpack
 import zmq
 
 from .errors import NodeUnreachableError, RequestRefusedError, WireError
@@ -51,4 +52,7 @@ def request(node: str, op: str, args: dict[str, Any] | None = None, timeout: flo
                                   f"check --secret-file matches the cluster's") from err
     if kind == MessageType.ERROR:
         raise RequestRefusedError(f"{node}: {body['error']}")
+    if "packed" in body:  # a list sent as msgpack arrays, unpacked only here
+        return [item for array in body["packed"]
+                for item in msgpack.unpackb(array, raw=False, strict_map_key=False)]
     return body.get("result")

@@ -253,10 +253,10 @@ class FlowService:
                 for task, copy in copies.items():
                     if task not in newest or copy[:2] > newest[task][:2]:
                         newest[task] = copy
-            tables: dict[str, list] = {}
+            tables: dict[str, list[bytes]] = {}  # sink -> packed rows, one array a task
             for _, _, rows in newest.values():
-                for sink, pairs in rows.items():
-                    tables.setdefault(sink, []).extend(pairs)
+                for sink, packed in rows.items():
+                    tables.setdefault(sink, []).append(packed)
             return tables
 
         def done(tables: dict[str, list], error: str | None) -> None:

@@ -317,7 +317,6 @@ class Runtime:
             {p: self.sets[p] for p in partitions}, list(self.view),
             on_ready=lambda p: self._took_over(running, takeover, p),
             on_failed=lambda p, seen: self._takeover_failed(running, takeover, p, seen))
-        takeover.started = time.monotonic()
         for p in partitions:
             running.takeovers[p] = takeover
         log.info("event=takeover_start member=%s flow=%s partitions=%d epoch=%d",

@@ -24,6 +24,7 @@ the caller's thread. A partition whose step fails is reported to
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any, Callable
 
 from .replication import position
@@ -47,6 +48,7 @@ class Takeover:
         self.answers: dict[str, list | None] = {}
         self.waiting: dict[int, int] = {}  # partition -> calls outstanding in its step
         self.dropped: set[int] = set()
+        self.started = time.monotonic()
 
     def start(self) -> None:
         everything = [list(t) for p in sorted(self.tasks) for t in self.tasks[p]]

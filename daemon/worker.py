@@ -292,20 +292,38 @@ def _open_store(path: str) -> Store:
 def table_rows(store: Store, args: dict[str, Any]) -> dict[str, list]:
     """Table rows this store's copies hold for a flow version, per task with the copy's
     position (replicas hold copies too; the asker keeps the newest of each task):
-    {"stage/partition": [epoch, last, {sink: [[key, value]]}]}."""
+    {"stage/partition": [epoch, last, {sink: packed rows}]}. The rows stay packed (one
+    msgpack array of [key, value] per sink, built from the stored bytes) all the way to
+    the client, so no daemon's event loop decodes a big table."""
     fid, key = args["flow"], args.get("key")
     out: dict[str, list] = {}
     for task in store.tasks():
         if task.flow != fid:
             continue
-        rows: dict[str, list] = {}
+        rows: dict[bytes, list[bytes]] = {}
         for k, v in store.iter_state(task, start=TABLE):
             if not k.startswith(TABLE):
                 break
             sink, _, packed = k[1:].partition(b"\x00")
-            row_key = unpack(packed)
-            if key is None or row_key == key:
-                rows.setdefault(sink.decode(), []).append([row_key, unpack(v)])
+            if key is None or unpack(packed) == key:
+                rows.setdefault(sink, []).append(ROW + packed + v)
         meta = store.task_meta(task)
-        out[f"{task.stage}/{task.partition}"] = [meta.epoch, meta.last, rows]
+        out[f"{task.stage}/{task.partition}"] = [
+            meta.epoch, meta.last, {s.decode(): packed_array(r) for s, r in rows.items()}]
     return out
+
+
+ROW = b"\x92"
+"""msgpack header of a two-element array: a row is ROW + packed key + packed value."""
+
+
+def packed_array(items: list[bytes]) -> bytes:
+    """The msgpack array of already packed ``items``."""
+    n = len(items)
+    if n < 16:
+        header = bytes([0x90 | n])
+    elif n < 1 << 16:
+        header = b"\xdc" + n.to_bytes(2, "big")
+    else:
+        header = b"\xdd" + n.to_bytes(4, "big")
+    return header + b"".join(items)

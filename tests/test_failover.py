@@ -144,3 +144,42 @@ def test_a_restarted_member_catches_up_and_gets_its_partitions_back(
     cluster.request("n0", "cancel", args={"name": "forever"})
     wait_for(lambda: flow_record(cluster, "n0", "forever")["status"] == "cancelled", 10)
     check_strides(dict(cluster.request("n1", "query", timeout=10.0, args={"name": "forever"})))
+
+
+def test_an_isolated_primary_stops_and_its_partitions_move_without_double_counting(
+        cluster: Cluster, tmp_path: Path) -> None:
+    """The primary of partition 0 is cut off from every peer (the transport's fault
+    switch), not killed: its sources keep producing, but it sees no majority, so it
+    steps down and commits nothing durable; the others take its partitions over at a
+    higher epoch. After healing it catches up from their copies and gets its
+    partitions back; every key is still an exact prefix of its records."""
+    for i, name in enumerate(THREE):
+        cluster.start(name, join=THREE[:1] if i else (), replicas=2, partitions=P,
+                      fault_injection=True)
+    cluster.wait_converged(THREE)
+    assert submit(cluster, "n0", write(tmp_path, "forever.py", STRIDES)).returncode == 0
+    victim = cluster.request("n0", "ring")["placement"][0][0]
+    others = [n for n in THREE if n != victim]
+    wait_for(lambda: len(cluster.request(others[0], "query", timeout=10.0,
+                                         args={"name": "forever"})) == P,
+             60, message="every split has produced records")
+    before = max(took_over(cluster, victim, 0))
+
+    cluster.block(victim, "all")
+    wait_for(lambda: all(cluster.statuses(n)[victim] == "dead" for n in others)
+             and all(cluster.statuses(victim)[n] == "dead" for n in others), 20,
+             message="the cut shows on both sides")
+    wait_for(lambda: max((e for n in others for e in took_over(cluster, n, 0)), default=0)
+             > before, 20, message="a survivor took partition 0 over at a higher epoch")
+    wait_for(lambda: re.search(rf"event=step_down member={victim} flow=\S+ partition=0 ",
+                               cluster[victim].log_path.read_text()), 20,
+             message="the cut-off primary stepped down")
+
+    cluster.block(victim, [])
+    cluster.wait_converged(THREE, timeout=30)
+    wait_for(lambda: max(took_over(cluster, victim, 0))
+             > max(e for n in others for e in took_over(cluster, n, 0)), 60,
+             message="the healed member takes partition 0 back at a newer epoch still")
+    cluster.request(others[0], "cancel", args={"name": "forever"})
+    wait_for(lambda: flow_record(cluster, victim, "forever")["status"] == "cancelled", 10)
+    check_strides(dict(cluster.request(victim, "query", timeout=10.0, args={"name": "forever"})))

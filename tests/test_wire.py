@@ -86,7 +86,7 @@ def test_message_type_values_are_frozen():
     assert {t.name: t.value for t in MessageType} == {
         "PING": 1, "PING_REQ": 2, "ACK": 3, "NACK": 4, "GOSSIP": 5, "PUSH_PULL": 6,
         "PUSH_PULL_REPLY": 7, "API_REQUEST": 8, "API_REPLY": 9, "ERROR": 10, "FLOW_UPDATE": 11,
-        "DATA": 12}
+        "DATA": 12, "REPLICATE": 13}
 
 
 def test_secret_length_is_checked():
