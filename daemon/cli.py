@@ -26,6 +26,8 @@ from .replication import ROUND_SHIFT
 
 DEFAULT_NODE = "127.0.0.1:7400"
 EXIT_ERROR = 2
+STATE_COLUMNS = {"active": 1, "handing over": 2, "taking over": 3, "awaiting copy": 3}
+"""Column of `ring`'s per-flow table counting partitions in each state."""
 
 
 def load_secret(path: str | None) -> bytes | None:
@@ -151,13 +153,14 @@ def ring(ask: Callable[..., Any], as_json: bool) -> None:
         rows: dict[str, list] = {}
         for members in parts.values():
             for name, state in members.items():
-                row = rows.setdefault(name, [name, 0, 0, 0, 0])
-                row[1 if state["state"] == "active" else 2] += 1
-                row[3] = max(row[3], state["epoch"] >> ROUND_SHIFT)
-                row[4] += state["unreplicated"]
+                row = rows.setdefault(name, [name, 0, 0, 0, 0, 0])
+                row[STATE_COLUMNS.get(state["state"], 3)] += 1
+                row[4] = max(row[4], state["epoch"] >> ROUND_SHIFT)
+                row[5] += state["unreplicated"]
         click.echo(f"\nflow {fid}: {len(parts)} of {result['partitions']} partitions running")
         _print_table(sorted(rows.values()),
-                     ["MEMBER", "RUNNING", "TAKING OVER", "MAX ROUND", "UNREPLICATED"])
+                     ["MEMBER", "RUNNING", "HANDING OVER", "TAKING OVER", "MAX ROUND",
+                      "UNREPLICATED"])
     if result["incomplete"]:
         click.echo(f"incomplete: {result['incomplete']}")
 
@@ -180,10 +183,11 @@ def status(ask: Callable[..., Any], as_json: bool, flow: str | None) -> None:
                                                              key=lambda kv: int(kv[0].split()[0]))],
                      ["STAGE", "RECORDS IN", "RECORDS OUT", "PARTITIONS DONE", "UNACKED"])
         parts = record["partitions"]
-        taking = sorted(int(p) for p, members in parts.items()
+        moving = sorted(int(p) for p, members in parts.items()
                         if any(s["state"] != "active" for s in members.values()))
-        click.echo(f"partitions running: {len(parts) - len(taking)}, taking over: "
-                   f"{', '.join(map(str, taking)) or 'none'} (--json: epoch and replicas of each)")
+        click.echo(f"partitions running: {len(parts)}, moving (copy, handover or takeover): "
+                   f"{', '.join(map(str, moving)) or 'none'} (--json: epoch, replicas and "
+                   "state of each)")
         if record["incomplete"]:
             click.echo(f"incomplete: {record['incomplete']}")
         return

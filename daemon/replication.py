@@ -9,8 +9,8 @@ outputs leave (DESIGN.md, "The partition task", step 4). Commits are
 pipelined: the task goes on committing while earlier commits travel.
 
 :class:`ReplicaServer` answers the requests a primary (or a member taking
-over) makes of the members' stores: ``promise``, ``commits``, ``snapshot`` and
-``restore``. Every answer carries the task's position so the asker can tell
+over) makes of the members' stores: ``probe``, ``promise``, ``commits``,
+``snapshot`` and ``restore``. Every answer carries the task's position so the asker can tell
 a gap (resend from there), a refusal (a newer epoch exists: step down) and
 success apart.
 
@@ -41,7 +41,7 @@ Why nothing is counted twice (whatever the views):
 from __future__ import annotations
 
 from collections import deque
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import xxhash
 
@@ -87,26 +87,67 @@ class ReplicaLog:
         self.replicas = tuple(replicas)
         self.acked = {m: last for m in self.replicas}
         self.sent = dict(self.acked)
+        self.learners: set[str] = set()
+        """Members being copied to before a handover: they get every commit, and their
+        acknowledgements do not count towards durability."""
+        self.copying: set[str] = set()
+        """Learners whose snapshot has not been restored yet: nothing is sent to them."""
         self.commits: deque[tuple[int, bytes]] = deque()
         self.last = last
 
     @property
     def durable(self) -> int:
         """The highest commit number every replica holds (all of them, with none)."""
-        return min(self.acked.values(), default=self.last)
+        return min((self.acked[m] for m in self.replicas), default=self.last)
 
     @property
     def backlog(self) -> int:
         """Commits not yet durable."""
         return self.last - self.durable
 
+    @property
+    def members(self) -> tuple[str, ...]:
+        """Where commits go: the replicas, then the learners."""
+        return self.replicas + tuple(sorted(self.learners))
+
+    @property
+    def shipping(self) -> bool:
+        """Whether commits go anywhere (else :meth:`add` need not be given their bytes)."""
+        return bool(self.replicas or self.learners)
+
     def add(self, number: int, data: bytes) -> None:
         self.last = number
-        if self.replicas:
+        if self.replicas or self.learners:
             self.commits.append((number, data))
+
+    def add_learner(self, member: str, last: int) -> None:
+        """Copy to ``member``: it is being sent a snapshot holding commits up to ``last``
+        (call :meth:`copied` once it is restored there); later commits follow."""
+        if member in self.replicas:
+            raise ValueError(f"{member} is a replica already")
+        self.learners.add(member)
+        self.copying.add(member)
+        self.acked[member] = self.sent[member] = last
+
+    def copied(self, member: str) -> None:
+        """The learner's snapshot is restored: send it the commits that followed."""
+        self.copying.discard(member)
+
+    def drop_learner(self, member: str) -> None:
+        if member in self.learners:
+            self.learners.discard(member)
+            self.copying.discard(member)
+            del self.acked[member], self.sent[member]
+            self._prune()
+
+    def caught_up(self, member: str, lag: int = 0) -> bool:
+        """Whether ``member`` holds every commit but the last ``lag``."""
+        return member not in self.copying and self.acked.get(member, -1) >= self.last - lag
 
     def take(self, member: str) -> list[tuple[int, bytes]]:
         """Commits to send ``member`` now (marked sent), within the window."""
+        if member in self.copying:
+            return []
         sent, acked = self.sent[member], self.acked[member]
         out = [(n, d) for n, d in self.commits if sent < n <= acked + WINDOW]
         if out:
@@ -116,14 +157,18 @@ class ReplicaLog:
     def on_reply(self, member: str, last: int) -> None:
         """``member`` holds commits up to ``last``: a lower number than sent is a gap
         (lost or refused), so what follows it goes again."""
-        if member not in self.acked:
+        if member not in self.acked or member in self.copying:
             return
         self.acked[member] = max(self.acked[member], min(last, self.last))
         if last < self.sent[member]:
             self.sent[member] = max(last, self.acked[member])
         self.sent[member] = max(self.sent[member], self.acked[member])
-        durable = self.durable
-        while self.commits and self.commits[0][0] <= durable:
+        self._prune()
+
+    def _prune(self) -> None:
+        """Forget commits every replica and learner holds."""
+        everywhere = min(self.acked.values(), default=self.last)
+        while self.commits and self.commits[0][0] <= everywhere:
             self.commits.popleft()
 
     def on_lost(self, member: str) -> None:
@@ -133,19 +178,26 @@ class ReplicaLog:
 
     def wants(self, member: str) -> bool:
         """Whether :meth:`take` would return something for ``member``."""
-        return self.sent.get(member, self.last) < min(self.last, self.acked[member] + WINDOW)
+        if member in self.copying or member not in self.acked:
+            return False
+        return self.sent[member] < min(self.last, self.acked[member] + WINDOW)
 
 
 class ReplicaServer:
     """A member's store answering replication requests (thread-safe, as the store is)."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, running: Callable[[TaskId], bool] = lambda task: False
+                 ) -> None:
         self.store = store
+        self.running = running
+        """Whether a task runs on this member (its primary here): for ``probe``."""
 
     def handle(self, kind: str, args: Any) -> Any:
         """Dispatch one request. Raises StoreError (e.g. full) and ValueError (malformed)."""
         if kind == "promise":
             return self.promise([TaskId(*t) for t in args["tasks"]], int(args["epoch"]))
+        if kind == "probe":
+            return self.probe([TaskId(*t) for t in args["tasks"]])
         if kind == "commits":
             return self.commits(args)
         if kind == "snapshot":
@@ -162,6 +214,10 @@ class ReplicaServer:
             self.store.set_promise(task, epoch)
             out.append(list(self.store.task_meta(task)))
         return out
+
+    def probe(self, tasks: list[TaskId]) -> list[list[int]]:
+        """Per task [last, epoch, promised, 1 if it runs here else 0]; promises nothing."""
+        return [[*self.store.task_meta(task), int(self.running(task))] for task in tasks]
 
     def commits(self, entries: list) -> list[list[int]]:
         """Apply [[flow, stage, partition, bytes], ...] in order, in one transaction;

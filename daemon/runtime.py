@@ -34,6 +34,7 @@ from nodes import FlowError, load_flow
 from nodes.plan import plan as make_plan
 
 from .errors import GossipflowError, StaleCommitError
+from .handover import Handover
 from .placement import place
 from .publish import PublishBuffer
 from .registry import FlowRecord
@@ -58,6 +59,11 @@ STEP_BUDGET = 0.05
 """Seconds of task steps between two looks at what arrived (views, acks, answers)."""
 RETRY_TAKEOVER = 0.3
 """Seconds before a failed takeover of a partition is tried again."""
+HANDOVER_POLL = 0.1
+"""Seconds between asking whether the member handing a partition to us has stepped down."""
+WAIT_FOR_HANDOVER = 30.0
+"""Seconds we wait for a member still running a partition of ours to hand it over (it
+gives up copying sooner, see handover.TIMEOUT); then we take it over regardless."""
 
 
 def flow_id(record: FlowRecord) -> str:
@@ -100,6 +106,10 @@ class RunningFlow:
         self.active: dict[int, tuple[int, tuple[str, ...]]] = {}
         """Partitions running here: partition -> (epoch, replicas)."""
         self.takeovers: dict[int, Takeover] = {}
+        self.handovers: dict[int, Handover] = {}
+        """Partitions running here being copied to the members their new replica set adds."""
+        self.deferred: dict[int, float] = {}
+        """Partitions of ours another member still runs (handing them over): since when."""
         self.retry_at: dict[int, float] = {}
         self.seen: dict[int, int] = {}
         """Per partition, the highest epoch a failed takeover met."""
@@ -133,7 +143,7 @@ class Runtime:
                  batch_size: int = 1000) -> None:
         self.me, self.partitions, self.replicas = me, partitions, replicas
         self.store, self.hooks, self.batch_size = store, hooks, batch_size
-        self.server = ReplicaServer(store)
+        self.server = ReplicaServer(store, running=self._runs)
         self.flows: dict[str, RunningFlow] = {}
         self._records: dict[str, FlowRecord] = {}  # name -> latest record seen
         self._inbox: queue.Queue = queue.Queue()
@@ -241,6 +251,11 @@ class Runtime:
                 task.on_ack(dest, mark)
                 self._ready[task.id] = task
 
+    def _runs(self, task: TaskId) -> bool:
+        """Whether ``task`` runs here (asked from the pipe's thread: reads only)."""
+        running = self.flows.get(task.flow)
+        return running is not None and (task.stage, task.partition) in running.tasks
+
     def _current(self, task: PartitionTask) -> bool:
         """Whether ``task`` is still running here (not stepped down, flow not stopped)."""
         running = self.flows.get(task.id.flow)
@@ -288,45 +303,95 @@ class Runtime:
         return 2 * len(self.view) > len(cluster)
 
     def _place(self, running: RunningFlow, now: float) -> None:
-        """Start, keep or stop running each partition as the view says."""
+        """Start, keep, hand over or stop running each partition as the view says."""
         quorate = self.has_view and self.quorate(running)
         starting = []
         for p in range(self.partitions):
             rset = self.sets[p]
             mine = quorate and rset[0] == self.me
-            replicas = tuple(rset[1:])
-            if p in running.active and (not mine or running.active[p][1] != replicas):
-                self._deactivate(running, p, "view")
+            if p in running.active:
+                self._keep(running, p, quorate, rset, now)
             takeover = running.takeovers.get(p)
             if takeover is not None and (not mine or takeover.sets[p] != rset):
                 takeover.drop(p)
                 del running.takeovers[p]
-            if mine and p not in running.active and p not in running.takeovers \
+            if not mine:
+                running.deferred.pop(p, None)
+            elif p not in running.active and p not in running.takeovers \
                     and now >= running.retry_at.get(p, 0.0):
                 starting.append(p)
         if starting:
-            self._take_over(running, starting)
+            self._take_over(running, starting, now)
 
-    def _take_over(self, running: RunningFlow, partitions: list[int]) -> None:
+    def _keep(self, running: RunningFlow, p: int, quorate: bool, rset: list[str],
+              now: float) -> None:
+        """A partition running here whose replica set may have changed: keep it, hand it
+        over to the members the new set adds (:mod:`daemon.handover`), or stop now."""
+        replicas = running.active[p][1]
+        learners = tuple(m for m in rset if m != self.me and m not in replicas)
+        handover = running.handovers.get(p)
+        if handover is not None and (not quorate or handover.learners != learners):
+            handover.cancel()
+            del running.handovers[p]
+            handover = None
+        if not quorate or (list(rset) != [self.me, *replicas] and (
+                not learners or not set(replicas) <= set(self.view))):
+            # members only left (the others' copies are current), or a replica is gone (no
+            # commit can be durable until a takeover names the new replica set)
+            self._deactivate(running, p, "view")
+        elif learners and handover is None:
+            tasks = [t for (_, q), t in running.tasks.items() if q == p]
+            handover = Handover(p, learners, tasks, self.store, self._call, now,
+                                on_shipped=self._to_replicate.add,
+                                on_stale=lambda task: self._deactivate(running, p, "stale"))
+            running.handovers[p] = handover
+            log.info("event=handover_start member=%s flow=%s partition=%d to=%s",
+                     self.me, running.id, p, ",".join(learners))
+            handover.start()
+        elif handover is not None:
+            state = handover.check(now)
+            if state in ("done", "timeout"):
+                log.info("event=handover_%s member=%s flow=%s partition=%d to=%s copies=%d "
+                         "took=%.3f", state, self.me, running.id, p, ",".join(learners),
+                         handover.copies, now - handover.started)
+                self._deactivate(running, p, "handed over")
+
+    def _take_over(self, running: RunningFlow, partitions: list[int], now: float) -> None:
         tasks = {p: running.task_ids(p) for p in partitions}
         seen = max(max(running.seen.get(p, 0), *(max(m.epoch, m.promised) for m in map(
             self.store.task_meta, tasks[p]))) for p in partitions)
         epoch = epoch_after(seen, self.me)
+        waiting = frozenset(p for p in partitions
+                            if now - running.deferred.get(p, now) < WAIT_FOR_HANDOVER)
         takeover = Takeover(
             self.me, self.store, self._call, epoch, tasks,
             {p: self.sets[p] for p in partitions}, list(self.view),
             on_ready=lambda p: self._took_over(running, takeover, p),
-            on_failed=lambda p, seen: self._takeover_failed(running, takeover, p, seen))
+            on_failed=lambda p, seen: self._takeover_failed(running, takeover, p, seen),
+            defer_to_running=waiting,
+            on_deferred=lambda p: self._takeover_deferred(running, takeover, p))
         for p in partitions:
             running.takeovers[p] = takeover
         log.info("event=takeover_start member=%s flow=%s partitions=%d epoch=%d",
                  self.me, running.id, len(partitions), epoch)
         takeover.start()
 
+    def _takeover_deferred(self, running: RunningFlow, takeover: Takeover, p: int) -> None:
+        """Another member still runs ``p``: it copies it here, then steps down."""
+        if running.takeovers.get(p) is takeover:
+            del running.takeovers[p]
+            now = time.monotonic()
+            if p not in running.deferred:
+                running.deferred[p] = now
+                log.info("event=takeover_deferred member=%s flow=%s partition=%d",
+                         self.me, running.id, p)
+            running.retry_at[p] = now + HANDOVER_POLL
+
     def _took_over(self, running: RunningFlow, takeover: Takeover, p: int) -> None:
         if running.takeovers.get(p) is not takeover or self.flows.get(running.id) is not running:
             return
         del running.takeovers[p]
+        running.deferred.pop(p, None)
         tasks = running.activate(p, takeover.epoch, tuple(takeover.sets[p][1:]))
         resumed = any(task.number for task in tasks)  # a takeover mid-flow, not a start
         for task in tasks:
@@ -346,6 +411,9 @@ class Runtime:
             running.retry_at[p] = time.monotonic() + RETRY_TAKEOVER
 
     def _deactivate(self, running: RunningFlow, p: int, why: str) -> None:
+        handover = running.handovers.pop(p, None)
+        if handover is not None:
+            handover.cancel()
         for task in running.deactivate(p):
             task.abandon()
             self._ready.pop(task.id, None)
@@ -461,7 +529,7 @@ class Runtime:
     def _replicate(self) -> None:
         """Ship new commits to replicas: one message per member in flight at a time."""
         for task in self._to_replicate:
-            for member in task.log.replicas:
+            for member in task.log.members:
                 if task.log.wants(member):
                     self._replica_out.setdefault(member, []).extend(
                         (task, data) for _, data in task.log.take(member))
@@ -523,8 +591,9 @@ class Runtime:
         return out
 
     def partition_states(self) -> dict[str, dict[str, dict[str, Any]]]:
-        """Per flow, the partitions this member runs or is taking over: epoch, replicas,
-        state ("active" or "taking over"), and commits not yet on every replica."""
+        """Per flow, the partitions this member runs, hands over, takes over or waits for:
+        epoch, replicas, state ("active", "handing over" with "to" and "copying",
+        "taking over" or "awaiting copy"), and commits not yet on every replica."""
         out: dict[str, dict[str, dict[str, Any]]] = {}
         for fid, running in list(self.flows.items()):
             parts = out.setdefault(fid, {})
@@ -533,9 +602,17 @@ class Runtime:
                                if q == p), default=0)
                 parts[str(p)] = {"epoch": epoch, "replicas": list(replicas),
                                  "state": "active", "unreplicated": backlog}
+                handover = running.handovers.get(p)
+                if handover is not None:
+                    parts[str(p)].update(state="handing over", to=list(handover.learners),
+                                         copying=not handover.draining)
             for p, takeover in list(running.takeovers.items()):
                 parts[str(p)] = {"epoch": takeover.epoch, "replicas": list(takeover.sets[p][1:]),
-                            "state": "taking over", "unreplicated": 0}
+                                 "state": "taking over", "unreplicated": 0}
+            for p in list(running.deferred):
+                if str(p) not in parts:
+                    parts[str(p)] = {"epoch": 0, "replicas": list(self.sets[p][1:]),
+                                     "state": "awaiting copy", "unreplicated": 0}
         return out
 
     @staticmethod

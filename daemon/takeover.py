@@ -3,6 +3,10 @@
 A member that is primary of partitions in its view, and not yet running
 them, takes them over in one round (DESIGN.md, "Replication and failover"):
 
+0. **probe** (for the partitions in ``defer_to_running``): if another live
+   member still runs one, it is handing it over (:mod:`daemon.handover`
+   copies it here first): the round leaves it to ``on_deferred(partition)``
+   and a later round, so a join or a return moves data without pausing;
 1. **promise**: every live member promises the round's epoch for every task
    of those partitions and answers its copy's position; from then on it
    refuses commits of older epochs, the old primary's included. A member
@@ -41,27 +45,59 @@ class Takeover:
     def __init__(self, me: str, store: Store, call: Call, epoch: int,
                  tasks: dict[int, list[TaskId]], replica_sets: dict[int, list[str]],
                  members: list[str], on_ready: Callable[[int], None],
-                 on_failed: Callable[[int, int], None]) -> None:
+                 on_failed: Callable[[int, int], None],
+                 defer_to_running: frozenset[int] = frozenset(),
+                 on_deferred: Callable[[int], None] = lambda p: None) -> None:
         self.me, self.store, self.call, self.epoch = me, store, call, epoch
         self.tasks, self.sets, self.members = tasks, replica_sets, members
         self.on_ready, self.on_failed = on_ready, on_failed
+        self.defer, self.on_deferred = defer_to_running & set(tasks), on_deferred
+        self.probes: dict[str, Any] = {}
         self.answers: dict[str, list | None] = {}
         self.waiting: dict[int, int] = {}  # partition -> calls outstanding in its step
         self.dropped: set[int] = set()
         self.started = time.monotonic()
 
     def start(self) -> None:
-        everything = [list(t) for p in sorted(self.tasks) for t in self.tasks[p]]
-        for member in self.members:
-            self.call(member, "promise", {"tasks": everything, "epoch": self.epoch},
-                      lambda answer, member=member: self._promised(member, answer))
+        others = [m for m in self.members if m != self.me]
+        if not self.defer or not others:
+            self._promise()
+            return
+        self.probed = [t for p in sorted(self.defer) for t in self.tasks[p]]
+        for member in others:
+            self.call(member, "probe", {"tasks": [list(t) for t in self.probed]},
+                      lambda answer, member=member: self._probed(member, answer))
 
     def drop(self, p: int) -> None:
         """Give up on partition ``p`` (the view moved on): its answers are ignored."""
         self.dropped.add(p)
         self.waiting.pop(p, None)
 
+    # ------------------------------------------------------------------ 0. probe
+
+    def _probed(self, member: str, answer: Any) -> None:
+        self.probes[member] = answer
+        if len(self.probes) < len([m for m in self.members if m != self.me]):
+            return
+        running: set[int] = set()
+        for answer in self.probes.values():  # no answer: the promise step meets it
+            if isinstance(answer, list):
+                running |= {t.partition for t, a in zip(self.probed, answer)
+                            if isinstance(a, list) and len(a) == 4 and a[3]}
+        for p in sorted(running):
+            del self.tasks[p]
+            if p not in self.dropped:
+                self.on_deferred(p)
+        if self.tasks:
+            self._promise()
+
     # ------------------------------------------------------------------ 1. promise
+
+    def _promise(self) -> None:
+        everything = [list(t) for p in sorted(self.tasks) for t in self.tasks[p]]
+        for member in self.members:
+            self.call(member, "promise", {"tasks": everything, "epoch": self.epoch},
+                      lambda answer, member=member: self._promised(member, answer))
 
     def _promised(self, member: str, answer: Any) -> None:
         count = sum(len(ts) for ts in self.tasks.values())
@@ -102,6 +138,8 @@ class Takeover:
             self._sync(p)
             return
         self.waiting[p] = len(behind)
+        log.info("event=catch_up member=%s partition=%d tasks=%d from=%s", self.me, p,
+                 len(behind), ",".join(sorted({best for _, best in behind})))
         for task, best in behind:
             self.call(best, "snapshot", {"task": list(task)},
                       lambda chunks, task=task, p=p: self._fetched(p, task, chunks))

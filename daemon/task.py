@@ -196,6 +196,8 @@ class PartitionTask:
         self.unread = []
         """Indices of this task's source splits not read to the end yet."""
         self.stepped_at = 0.0  # when the runtime last stepped it (it steps the oldest first)
+        self.paused = False
+        """Handing over: no more commits, so every copy can reach our last one."""
         self.idle = False
         """A source task without splits: nothing to read, nothing to send, done from the
         start (downstream tasks do not wait for its end of stream)."""
@@ -220,7 +222,7 @@ class PartitionTask:
     def wake_at(self, now: float) -> float | None:
         """When this task should step next: ``now`` or earlier for at once, a later time
         to let more input gather into one commit, None when it has nothing to do."""
-        if self.log.backlog >= MAX_UNREPLICATED:
+        if self.paused or self.log.backlog >= MAX_UNREPLICATED:
             return None  # the replicas' answers wake us
         if self.acked:
             return now
@@ -319,7 +321,7 @@ class PartitionTask:
     def _commit(self, commit: Commit) -> None:
         commit.epoch = self.epoch
         self.ctx.store.apply(commit)
-        self.log.add(commit.number, commit.to_bytes() if self.log.replicas else b"")
+        self.log.add(commit.number, commit.to_bytes() if self.log.shipping else b"")
         self.number = commit.number
         for dest, seq in commit.outbox_deletes:
             queue = self.pending.get(dest)

@@ -58,6 +58,23 @@ def took_over(cluster: Cluster, node: str, partition: int) -> list[int]:
     return [int(e) for e in found]
 
 
+def handed_over(cluster: Cluster, nodes: list[str], to: str, since: dict[str, int]) -> set[int]:
+    """Partitions ``nodes`` handed over to ``to`` (copied, then stepped down) in their
+    logs past ``since`` (node -> offset); none may have timed out."""
+    found: set[int] = set()
+    for node in nodes:
+        text = cluster[node].log_path.read_text()[since.get(node, 0):]
+        assert "event=handover_timeout" not in text, cluster[node].log_tail()
+        found |= {int(p) for p, learners in re.findall(
+            r"event=handover_done member=\S+ flow=\S+ partition=(\d+) to=(\S+)", text)
+            if to in learners.split(",")}
+    return found
+
+
+def log_sizes(cluster: Cluster, nodes: list[str]) -> dict[str, int]:
+    return {node: len(cluster[node].log_path.read_text()) for node in nodes}
+
+
 def processing(cluster: Cluster, node: str) -> bool:
     record = flow_record(cluster, node, "wordcount")
     return record["status"] == "running" and sum(
@@ -119,6 +136,33 @@ def test_a_member_added_mid_flow_takes_partitions_and_the_result_is_exact(
     finish_and_check(cluster, [*THREE, "n3"])
 
 
+def test_a_member_joining_gets_its_partitions_copied_in_the_background(
+        cluster: Cluster, tmp_path: Path) -> None:
+    """A fourth member joins an unbounded flow: the primaries copy it the partitions
+    placement gives it while they keep running them, then step down; it takes them
+    over finding its copies current (no catch-up), and nothing is lost or doubled."""
+    cluster.start_many(THREE, replicas=2, partitions=P)
+    assert submit(cluster, "n0", write(tmp_path, "forever.py", STRIDES)).returncode == 0
+    wait_for(lambda: len(cluster.request("n1", "query", timeout=10.0,
+                                         args={"name": "forever"})) == P,
+             30, message="every split has produced records")
+    since = log_sizes(cluster, THREE)
+    cluster.start("n3", join=["n0"], replicas=2, partitions=P)
+    cluster.wait_converged([*THREE, "n3"])
+    theirs = {p for p, r in enumerate(cluster.request("n0", "ring")["placement"])
+              if r[0] == "n3"}
+    assert theirs
+    wait_for(lambda: {p for p, members in running(cluster, "n0").items()
+                      if members.get("n3", {}).get("state") == "active"} == theirs,
+             30, message="n3 runs the partitions placement gives it")
+    assert theirs <= handed_over(cluster, THREE, "n3", since)
+    assert "event=catch_up" not in cluster["n3"].log_path.read_text()
+    assert "event=takeover_deferred" in cluster["n3"].log_path.read_text()
+    cluster.request("n0", "cancel", args={"name": "forever"})
+    wait_for(lambda: flow_record(cluster, "n0", "forever")["status"] == "cancelled", 10)
+    check_strides(dict(cluster.request("n3", "query", timeout=10.0, args={"name": "forever"})))
+
+
 def test_a_restarted_member_catches_up_and_gets_its_partitions_back(
         cluster: Cluster, tmp_path: Path) -> None:
     cluster.start_many(THREE, replicas=2, partitions=P)
@@ -135,9 +179,13 @@ def test_a_restarted_member_catches_up_and_gets_its_partitions_back(
     assert cluster.wait_exit("n2") == -signal.SIGKILL
     wait_for(lambda: not active_on("n2") and len(active_on("n0") | active_on("n1")) == P, 30,
              message="the survivors run every partition")
+    since = log_sizes(cluster, THREE)
     cluster.restart("n2")
     cluster.wait_converged(THREE)
     wait_for(lambda: active_on("n2") == mine, 60, message="n2 gets its partitions back")
+    # copied back to it while the others ran them, not fetched in its takeover
+    assert mine <= handed_over(cluster, ["n0", "n1"], "n2", since)
+    assert "event=catch_up" not in cluster["n2"].log_path.read_text()[since["n2"]:]
     wait_for(lambda: len(cluster.request("n1", "query", timeout=10.0,
                                          args={"name": "forever"})) == P,
              30, message="every split has produced records")

@@ -1,0 +1,200 @@
+"""Handover (copy in the background, then step down) and the takeover's probe, on a
+MemoryNetwork and a FakeClock: real stores, real snapshots, lost answers.
+
+The primary's tasks are stand-ins holding what :class:`~daemon.handover.Handover`
+reads of a PartitionTask (id, number, epoch, log, paused); their commits are
+applied to the primary's store and added to the log as the runtime does.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+from test_replication import (  # noqa: F401 - make_cluster is a fixture
+    FLOW, TIMEOUT, Cluster, History, content, data_of, entries, make_cluster)
+
+from daemon import handover as handover_module
+from daemon.handover import Handover
+from daemon.replication import ReplicaLog, ReplicaServer, epoch_after
+from daemon.store import TaskId
+from daemon.takeover import Takeover
+
+TASKS = [TaskId(FLOW, 0, 3), TaskId(FLOW, 1, 3)]
+
+
+@dataclass
+class Task:
+    """What a Handover reads and writes of a running PartitionTask."""
+
+    id: TaskId
+    epoch: int
+    log: ReplicaLog
+    history: History
+    number: int = 0
+    paused: bool = False
+    shipped: list = field(default_factory=list)
+
+    def commit(self, cluster: Cluster, count: int) -> None:
+        """``count`` commits on the primary "a" (as PartitionTask._commit does)."""
+        for c in self.history.commits(count, self.epoch):
+            cluster.stores["a"].apply(c)
+            self.log.add(c.number, c.to_bytes())
+            self.number = c.number
+
+
+def running_tasks(cluster: Cluster, commits: int, replicas: tuple[str, ...] = ("b",)
+                  ) -> list[Task]:
+    """Primary "a" runs TASKS at its epoch, ``commits`` each, all on ``replicas`` too."""
+    epoch = epoch_after(0, "a")
+    tasks = []
+    for t in TASKS:
+        task = Task(t, epoch, ReplicaLog(replicas, 0), History(t, random.Random(t.stage)))
+        task.commit(cluster, commits)
+        for member in replicas:
+            cluster.stores[member].apply_many(  # the same seed: the same commits
+                History(t, random.Random(t.stage)).commits(commits, epoch))
+            task.log.on_reply(member, commits)
+        tasks.append(task)
+    return tasks
+
+
+def ship(cluster: Cluster, task: Task, to: tuple[str, ...] | None = None) -> None:
+    """Send the task's log to the members (``to``, or all) that want commits."""
+    for member in to or task.log.members:
+        batch = task.log.take(member)
+        if batch:
+            cluster.call("a")(member, "commits", entries(batch, task.id),
+                              lambda answer, m=member: task.log.on_reply(m, answer[0][0]))
+    cluster.clock.advance(TIMEOUT + 0.01)
+
+
+def make_handover(cluster: Cluster, tasks: list[Task], learners: tuple[str, ...] = ("c",),
+                  call: Any = None) -> tuple[Handover, list, list]:
+    shipped: list = []
+    stale: list = []
+    handover = Handover(3, learners, tasks, cluster.stores["a"], call or cluster.call("a"),
+                        now=0.0, on_shipped=shipped.append, on_stale=stale.append)
+    return handover, shipped, stale
+
+
+def test_a_handover_copies_while_commits_go_on_then_drains_and_is_done(
+        make_cluster: Any) -> None:
+    cluster = make_cluster(["a", "b", "c"])
+    tasks = running_tasks(cluster, 20)
+    handover, shipped, stale = make_handover(cluster, tasks)
+    handover.start()
+    for task in tasks:  # the flow keeps committing while the snapshots travel
+        task.commit(cluster, 5)
+        assert task.log.take("c") == []  # nothing follows a snapshot not yet restored
+        assert task.log.durable == 20  # the learner does not hold durability back
+    assert handover.check(0.1) == "copying"
+    cluster.clock.advance(TIMEOUT + 0.01)
+    assert sorted(t.id for t in shipped) == TASKS and not stale
+    for task in tasks:
+        task.commit(cluster, 3)
+        ship(cluster, task, to=("b",))
+    assert handover.check(0.2) == "draining"  # c is within LAG: no more commits
+    assert all(task.paused for task in tasks)
+    for task in tasks:
+        ship(cluster, task)
+    assert handover.check(0.3) == "done"
+    for t in TASKS:
+        expected = data_of(content(cluster.stores["a"], t))
+        assert expected[1] == (28, epoch_after(0, "a"))
+        assert data_of(content(cluster.stores["c"], t)) == expected
+        assert data_of(content(cluster.stores["b"], t)) == expected
+    assert handover.copies == 2
+
+
+def test_a_copy_whose_answer_is_lost_is_made_again_from_a_fresh_snapshot(
+        make_cluster: Any) -> None:
+    cluster = make_cluster(["a", "b", "c"])
+    tasks = running_tasks(cluster, 10)
+    calls: list[str] = []
+    real = cluster.call("a")
+
+    def lossy(member: str, kind: str, args: Any, on_reply: Any) -> None:
+        calls.append(kind)
+        if kind == "restore" and calls.count("restore") == 1:
+            cluster.clock.call_later(TIMEOUT, on_reply, None)  # broken off: no answer
+            return
+        real(member, kind, args, on_reply)
+
+    handover, shipped, _ = make_handover(cluster, tasks, call=lossy)
+    handover.start()
+    cluster.clock.advance(TIMEOUT + 0.01)
+    assert len(shipped) == 1
+    for task in tasks:
+        task.commit(cluster, 2)
+    assert handover.check(0.5) == "copying"  # the broken copy starts again, at commit 12
+    cluster.clock.advance(TIMEOUT + 0.01)
+    assert len(shipped) == 2 and handover.copies == 3
+    for _ in range(2):
+        for task in tasks:
+            ship(cluster, task)
+        handover.check(1.0)
+    assert handover.check(1.0) == "done"
+    for t in TASKS:
+        assert data_of(content(cluster.stores["c"], t)) == data_of(content(cluster.stores["a"], t))
+
+
+def test_a_learner_that_promised_a_newer_epoch_makes_the_primary_stale(
+        make_cluster: Any) -> None:
+    cluster = make_cluster(["a", "b", "c"])
+    tasks = running_tasks(cluster, 4)
+    newer = epoch_after(epoch_after(0, "a"), "c")
+    cluster.stores["c"].set_promise(TASKS[0], newer)
+    before = content(cluster.stores["c"], TASKS[0])
+    handover, shipped, stale = make_handover(cluster, tasks)
+    handover.start()
+    cluster.clock.advance(TIMEOUT + 0.01)
+    assert [t.id for t in stale] == [TASKS[0]] and [t.id for t in shipped] == [TASKS[1]]
+    assert content(cluster.stores["c"], TASKS[0]) == before
+
+
+def test_a_handover_that_cannot_finish_times_out_and_cancel_unpauses(
+        make_cluster: Any) -> None:
+    cluster = make_cluster(["a", "b", "c"])
+    tasks = running_tasks(cluster, 4)
+    handover, _, _ = make_handover(cluster, tasks)
+    handover.start()
+    cluster.clock.advance(TIMEOUT + 0.01)
+    for task in tasks:
+        task.commit(cluster, 2)  # and the replicas never acknowledge them
+    assert handover.check(0.1) == "draining"
+    assert handover.check(handover_module.TIMEOUT + 1) == "timeout"
+    handover.cancel()
+    assert not any(task.paused for task in tasks)
+    assert all(task.log.members == ("b",) for task in tasks)
+
+
+def test_the_takeover_waits_for_a_member_still_running_the_partition(
+        make_cluster: Any) -> None:
+    """Step 0: c, new primary of partition 3, probes; a still runs it, so c defers
+    and promises nothing. Once a has stepped down, the same round goes through."""
+    cluster = make_cluster(["a", "b", "c"])
+    running_tasks(cluster, 6, replicas=("b", "c"))
+    runs = {"a"}
+    for name in ("a", "b", "c"):
+        cluster.servers[name] = ReplicaServer(cluster.stores[name],
+                                              running=lambda task, n=name: n in runs)
+    epoch = epoch_after(epoch_after(0, "a"), "c")
+
+    def round_() -> tuple[list[int], list[int]]:
+        deferred: list[int] = []
+        ready: list[int] = []
+        Takeover("c", cluster.stores["c"], cluster.call("c"), epoch, {3: list(TASKS)},
+                 {3: ["c", "a"]}, ["a", "b", "c"], ready.append, lambda p, seen: None,
+                 defer_to_running=frozenset({3}), on_deferred=deferred.append).start()
+        cluster.clock.advance(10 * TIMEOUT)
+        return deferred, ready
+
+    assert round_() == ([3], [])
+    assert all(cluster.stores[m].task_meta(t).promised < epoch
+               for m in ("a", "b", "c") for t in TASKS)
+    runs.clear()
+    assert round_() == ([], [3])
+    assert all(cluster.stores[m].task_meta(t).promised == epoch
+               for m in ("a", "b", "c") for t in TASKS)
