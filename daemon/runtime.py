@@ -597,11 +597,12 @@ class Runtime:
         out: dict[str, dict[str, dict[str, Any]]] = {}
         for fid, running in list(self.flows.items()):
             parts = out.setdefault(fid, {})
+            backlogs: dict[int, int] = {}
+            for (_, q), task in list(running.tasks.items()):
+                backlogs[q] = max(backlogs.get(q, 0), task.log.backlog)
             for p, (epoch, replicas) in list(running.active.items()):
-                backlog = max((t.log.backlog for (s, q), t in list(running.tasks.items())
-                               if q == p), default=0)
                 parts[str(p)] = {"epoch": epoch, "replicas": list(replicas),
-                                 "state": "active", "unreplicated": backlog}
+                                 "state": "active", "unreplicated": backlogs.get(p, 0)}
                 handover = running.handovers.get(p)
                 if handover is not None:
                     parts[str(p)].update(state="handing over", to=list(handover.learners),

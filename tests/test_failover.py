@@ -13,7 +13,7 @@ import signal
 from pathlib import Path
 
 import pytest
-from daemons import Cluster, cluster_fixture, wait_for  # noqa: F401
+from daemons import Cluster, cli, cluster_fixture, wait_for  # noqa: F401
 from test_flows_cluster import WORDCOUNT, flow_record, stdlib_counts, submit, table, write
 
 pytestmark = pytest.mark.timeout(300)
@@ -158,6 +158,14 @@ def test_a_member_joining_gets_its_partitions_copied_in_the_background(
     assert theirs <= handed_over(cluster, THREE, "n3", since)
     assert "event=catch_up" not in cluster["n3"].log_path.read_text()
     assert "event=takeover_deferred" in cluster["n3"].log_path.read_text()
+    shown = cli("ring", "--node", cluster["n0"].address)
+    assert shown.returncode == 0, shown.stderr
+    header = next(line for line in shown.stdout.splitlines() if line.startswith("MEMBER")
+                  and "HANDING OVER" in line)
+    assert header.split()[:2] == ["MEMBER", "RUNNING"]
+    rows = {line.split()[0]: line.split() for line in shown.stdout.splitlines()
+            if line.split()[:1] == ["n3"] and len(line.split()) == 6}
+    assert int(rows["n3"][1]) == len(theirs)  # running its partitions, none moving
     cluster.request("n0", "cancel", args={"name": "forever"})
     wait_for(lambda: flow_record(cluster, "n0", "forever")["status"] == "cancelled", 10)
     check_strides(dict(cluster.request("n3", "query", timeout=10.0, args={"name": "forever"})))
