@@ -152,9 +152,23 @@ def test_a_member_joining_gets_its_partitions_copied_in_the_background(
     theirs = {p for p, r in enumerate(cluster.request("n0", "ring")["placement"])
               if r[0] == "n3"}
     assert theirs
-    wait_for(lambda: {p for p, members in running(cluster, "n0").items()
-                      if members.get("n3", {}).get("state") == "active"} == theirs,
-             30, message="n3 runs the partitions placement gives it")
+    seen: set[tuple[str, str]] = set()  # (member, state) of the moves ring showed
+
+    def n3_runs_its_partitions() -> bool:
+        parts = running(cluster, "n0")
+        for members in parts.values():
+            for member, state in members.items():
+                if state["state"] == "handing over":  # to whom, and copying or draining
+                    assert state["to"] and isinstance(state["copying"], bool), state
+                seen.add((member, state["state"]))
+        return {p for p, members in parts.items()
+                if members.get("n3", {}).get("state") == "active"} == theirs
+
+    wait_for(n3_runs_its_partitions, 30, interval=0.01,
+             message="n3 runs the partitions placement gives it")
+    # ring showed the moves while they happened: the primaries copying, n3 waiting
+    assert any(state == "handing over" for _, state in seen), seen
+    assert ("n3", "awaiting copy") in seen, seen
     assert theirs <= handed_over(cluster, THREE, "n3", since)
     assert "event=catch_up" not in cluster["n3"].log_path.read_text()
     assert "event=takeover_deferred" in cluster["n3"].log_path.read_text()
