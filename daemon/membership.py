@@ -503,6 +503,11 @@ class Membership:
 
     def _apply_update(self, update: dict[str, Any]) -> None:
         kind = update["k"]
+        if update["i"] >= MAX_INCARNATION and update["n"] != self.name:
+            # its member could never outbid it (the wire stops there), so adopting it
+            # would wedge that member out for good: a forged or corrupt update
+            self.stats["refused_incarnations"] += 1
+            return
         if kind == Status.ALIVE:
             self._apply_alive(update)
         elif kind == Status.SUSPECT:
