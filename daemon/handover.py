@@ -40,6 +40,8 @@ MAX_LEARNER_LAG = 4096
 """Commits kept for a learner that falls this far behind: then it is copied afresh."""
 TIMEOUT = 20.0
 """Seconds before a handover gives up copying and steps down regardless."""
+COPY_AGAIN_AFTER = 0.5
+"""Seconds between a copy failing and the next attempt (each takes a fresh snapshot)."""
 
 Call = Callable[[str, str, Any, Callable[[Any], None]], None]
 
@@ -57,7 +59,8 @@ class Handover:
         self.partition, self.learners, self.tasks = partition, learners, tasks
         self.store, self.call, self.started = store, call, now
         self.on_shipped, self.on_stale = on_shipped, on_stale
-        self.broken: list[tuple[PartitionTask, str]] = []  # copies to make again
+        self.broken: dict[tuple[PartitionTask, str], float | None] = {}
+        """Copies to make again: when (None: from the next check, after a pause)."""
         self.draining = False
         self.cancelled = False
         self.copies = 0
@@ -79,13 +82,16 @@ class Handover:
         """Move on if it can: "copying", "draining", "done" (step down now) or "timeout"."""
         if now - self.started > TIMEOUT:
             return "timeout"
-        broken, self.broken = self.broken, []
         for task in self.tasks:
             for learner in self.learners:
                 if task.log.last - task.log.acked.get(learner, task.log.last) > MAX_LEARNER_LAG:
-                    broken.append((task, learner))
-        for task, learner in broken:
-            self._copy(task, learner)
+                    self.broken.setdefault((task, learner), now)
+        for (task, learner), when in list(self.broken.items()):
+            if when is None:
+                self.broken[(task, learner)] = now + COPY_AGAIN_AFTER
+            elif now >= when:
+                del self.broken[(task, learner)]
+                self._copy(task, learner)
         if not self.draining and all(task.log.caught_up(learner, LAG) for task in self.tasks
                                      for learner in self.learners):
             self.draining = True
@@ -122,4 +128,4 @@ class Handover:
         else:
             log.info("event=copy_again partition=%d task=%s learner=%s answer=%r",
                      self.partition, task.id, learner, answer)
-            self.broken.append((task, learner))
+            self.broken[(task, learner)] = None

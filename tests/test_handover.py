@@ -24,7 +24,7 @@ from daemon.takeover import Takeover
 TASKS = [TaskId(FLOW, 0, 3), TaskId(FLOW, 1, 3)]
 
 
-@dataclass
+@dataclass(eq=False)
 class Task:
     """What a Handover reads and writes of a running PartitionTask."""
 
@@ -128,14 +128,17 @@ def test_a_copy_whose_answer_is_lost_is_made_again_from_a_fresh_snapshot(
     assert len(shipped) == 1
     for task in tasks:
         task.commit(cluster, 2)
-    assert handover.check(0.5) == "copying"  # the broken copy starts again, at commit 12
+    assert handover.check(0.5) == "copying"
+    assert handover.copies == 2  # not at once: COPY_AGAIN_AFTER later
+    assert handover.check(0.5 + handover_module.COPY_AGAIN_AFTER) == "copying"
+    assert handover.copies == 3  # the broken copy starts again, at commit 12
     cluster.clock.advance(TIMEOUT + 0.01)
     assert len(shipped) == 2 and handover.copies == 3
     for _ in range(2):
         for task in tasks:
             ship(cluster, task)
-        handover.check(1.0)
-    assert handover.check(1.0) == "done"
+        handover.check(2.0)
+    assert handover.check(2.0) == "done"
     for t in TASKS:
         assert data_of(content(cluster.stores["c"], t)) == data_of(content(cluster.stores["a"], t))
 
