@@ -22,6 +22,8 @@ Example:
 
 from __future__ import annotations
 
+import inspect
+
 from collections import Counter, deque
 from collections.abc import Callable
 from itertools import chain, islice
@@ -136,12 +138,13 @@ def compile_counting_key_by(step: Any) -> Callable[[Batch, Counter], None]:
         FlowError: as ``compile_stateless`` for a key_by.
     """
     ref, fn = step.ref, step.fn
+    identity = is_identity(fn)
 
     def run(batch: Batch, counts: Counter) -> None:
         before = len(counts)
         it = iter(batch)
         try:
-            counts.update(map(fn, it))
+            counts.update(it if identity else map(fn, it))
         except Exception as err:
             record = _offender(batch, it)
             try:  # the error path only: was it fn, or its key (unhashable)?
@@ -154,6 +157,23 @@ def compile_counting_key_by(step: Any) -> Callable[[Batch, Counter], None]:
         if grew and not KEY_TYPES.issuperset(map(type, islice(reversed(counts), grew))):
             _normalise_new_keys(ref, fn, batch, counts, grew)
     return run
+
+
+def is_identity(fn: Callable) -> bool:
+    """Whether ``fn`` is a plain function that returns its one argument, as
+    ``lambda w: w`` (then counting need not call it once per record).
+
+    >>> is_identity(lambda w: w), is_identity(lambda w: w.lower()), is_identity(str)
+    (True, False, False)
+    """
+    code = getattr(fn, "__code__", None)
+    return (code is not None and code.co_code == _IDENTITY.co_code
+            and code.co_argcount == 1 and not code.co_kwonlyargcount
+            and not code.co_flags & (inspect.CO_VARARGS | inspect.CO_VARKEYWORDS)
+            and not getattr(fn, "__defaults__", None))
+
+
+_IDENTITY = (lambda record: record).__code__
 
 
 def _normalise_new_keys(ref: StepRef, fn: Callable, batch: Batch, counts: Counter,

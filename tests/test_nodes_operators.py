@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from nodes import Flow, sinks, sources
+from nodes.operators import is_identity
 from nodes.plan import partition_of
 from nodes.testing import run
 
@@ -133,6 +134,24 @@ def test_count_is_counter(cfg):
     flow = Flow("count")
     flow.source(gen(LINES)).flat_map(str.split).key_by(lambda w: w).count().sink(sinks.table())
     assert run(flow, **cfg).table() == Counter(w for line in LINES for w in line.split())
+
+
+def test_count_by_identity_and_by_other_keys_is_counter(cfg):
+    """key_by(lambda w: w) counts without calling the function (is_identity); a
+    function that only looks alike is still called."""
+    def same(word):
+        return word
+
+    words = [w for line in LINES for w in line.split()]
+    for key, expected in [(same, Counter(words)), (lambda w, suffix="!": w + suffix,
+                                                   Counter(w + "!" for w in words)),
+                          (str.upper, Counter(w.upper() for w in words))]:
+        flow = Flow("count")
+        flow.source(gen(LINES)).flat_map(str.split).key_by(key).count().sink(sinks.table())
+        assert run(flow, **cfg).table() == expected
+    assert is_identity(same) and is_identity(lambda w: w)
+    assert not any(map(is_identity, [lambda w, x=1: w, lambda *w: w, lambda w: str(w), str,
+                                     lambda: None, len]))
 
 
 def test_count_changelog_ends_at_the_count_and_only_grows(cfg):
