@@ -608,8 +608,10 @@ class Runtime:
                     parts[str(p)].update(state="handing over", to=list(handover.learners),
                                          copying=not handover.draining)
             for p, takeover in list(running.takeovers.items()):
+                waiting = p in running.deferred and not takeover.promising  # probing again
                 parts[str(p)] = {"epoch": takeover.epoch, "replicas": list(takeover.sets[p][1:]),
-                                 "state": "taking over", "unreplicated": 0}
+                                 "state": "awaiting copy" if waiting else "taking over",
+                                 "unreplicated": 0}
             for p in list(running.deferred):
                 if str(p) not in parts:
                     parts[str(p)] = {"epoch": 0, "replicas": list(self.sets[p][1:]),

@@ -53,6 +53,8 @@ class Takeover:
         self.on_ready, self.on_failed = on_ready, on_failed
         self.defer, self.on_deferred = defer_to_running & set(tasks), on_deferred
         self.probes: dict[str, Any] = {}
+        self.promising = False
+        """Past the probe: promises asked (or answered)."""
         self.answers: dict[str, list | None] = {}
         self.waiting: dict[int, int] = {}  # partition -> calls outstanding in its step
         self.dropped: set[int] = set()
@@ -94,6 +96,7 @@ class Takeover:
     # ------------------------------------------------------------------ 1. promise
 
     def _promise(self) -> None:
+        self.promising = True
         everything = [list(t) for p in sorted(self.tasks) for t in self.tasks[p]]
         for member in self.members:
             self.call(member, "promise", {"tasks": everything, "epoch": self.epoch},

@@ -136,18 +136,20 @@ def test_a_member_added_mid_flow_takes_partitions_and_the_result_is_exact(
     finish_and_check(cluster, [*THREE, "n3"])
 
 
+@pytest.mark.parametrize("replicas", [2, 1])
 def test_a_member_joining_gets_its_partitions_copied_in_the_background(
-        cluster: Cluster, tmp_path: Path) -> None:
+        cluster: Cluster, tmp_path: Path, replicas: int) -> None:
     """A fourth member joins an unbounded flow: the primaries copy it the partitions
     placement gives it while they keep running them, then step down; it takes them
-    over finding its copies current (no catch-up), and nothing is lost or doubled."""
-    cluster.start_many(THREE, replicas=2, partitions=P)
+    over finding its copies current (no catch-up), and nothing is lost or doubled.
+    With one replica too: then the copy is the only way the data moves."""
+    cluster.start_many(THREE, replicas=replicas, partitions=P)
     assert submit(cluster, "n0", write(tmp_path, "forever.py", STRIDES)).returncode == 0
     wait_for(lambda: len(cluster.request("n1", "query", timeout=10.0,
                                          args={"name": "forever"})) == P,
              30, message="every split has produced records")
     since = log_sizes(cluster, THREE)
-    cluster.start("n3", join=["n0"], replicas=2, partitions=P)
+    cluster.start("n3", join=["n0"], replicas=replicas, partitions=P)
     cluster.wait_converged([*THREE, "n3"])
     theirs = {p for p, r in enumerate(cluster.request("n0", "ring")["placement"])
               if r[0] == "n3"}
