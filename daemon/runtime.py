@@ -268,6 +268,7 @@ class Runtime:
                 log.info("event=flow_stopped member=%s flow=%s status=%s",
                          self.me, fid, record.status)
                 self._final[fid] = self._figures(self._stop(fid))
+        self._drop_replaced(record)
         if record.status != "running" or flow_id(record) in self.flows:
             return
         try:
@@ -282,6 +283,20 @@ class Runtime:
         gc.freeze()  # the plan and tasks live as long as the flow: keep them out of collections
         log.info("event=flow_started member=%s flow=%s", self.me, running.id)
         self._place(running, time.monotonic())
+
+    def _drop_replaced(self, record: FlowRecord) -> None:
+        """Delete what this store holds of other versions of ``record``'s flow: the
+        registry replaced them (``submit --replace``), so they never run or answer a
+        query again. Only versions of a name the registry knows: data of a flow whose
+        record has not reached us yet is a replica's and must stay."""
+        current = flow_id(record)
+        old = [t for t in self.store.tasks()
+               if t.flow != current and t.flow.rpartition("@")[0] == record.name]
+        for task in old:
+            self.store.drop_task(task)
+        for fid in sorted({t.flow for t in old}):
+            log.info("event=replaced_version_dropped member=%s flow=%s tasks=%d",
+                     self.me, fid, sum(t.flow == fid for t in old))
 
     # ------------------------------------------------------------------ placement
 

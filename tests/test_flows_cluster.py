@@ -9,6 +9,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import re
 import signal
 import sysconfig
 import time
@@ -18,6 +19,7 @@ from pathlib import Path
 import pytest
 from daemons import Cluster, cli, cluster_fixture, wait_for  # noqa: F401
 
+from daemon.registry import flow_version
 from nodes import load_flow
 from nodes.testing import run
 
@@ -278,6 +280,12 @@ def test_replace_runs_the_new_text_and_cancel_stops_a_flow(cluster: Cluster,
     assert refused.returncode == 2 and "--replace" in refused.stderr
     assert submit(cluster, "n2", path, "--replace", "--wait").returncode == 0
     assert table(cluster, "n0", "numbers") == {"0": 500, "1": 500}
+    old = f"numbers@{flow_version(text.format(m=3))}"
+    for node in THREE:  # every member held copies of the replaced version: freed
+        wait_for(lambda node=node: re.search(rf"event=replaced_version_dropped member={node} "
+                                             rf"flow={old} tasks=[1-9]",
+                                             cluster[node].log_path.read_text()), 10,
+                 message=f"{node} drops the replaced version's data")
 
     endless = write(tmp_path, "endless.py", "\n".join([
         "from nodes import Flow, sources, sinks",
