@@ -283,8 +283,8 @@ class FlowService:
                         total[name] = total.get(name, 0) + value
             return stages
 
-        self.gather(f"flow {record.name}", "local_progress", lambda member: {"flow": fid}, local, merge,
-                    reply)
+        self.gather(f"flow {record.name}", "local_progress", lambda member: {"flow": fid},
+                    local, merge, reply)
 
     def tail(self, args: dict[str, Any], reply: Callable[[Any, str | None], None]) -> None:
         """What publish sinks of flow ``name`` published after each member's cursor."""

@@ -10,9 +10,9 @@ pipelined: the task goes on committing while earlier commits travel.
 
 :class:`ReplicaServer` answers the requests a primary (or a member taking
 over) makes of the members' stores: ``probe``, ``promise``, ``commits``,
-``snapshot`` and ``restore``. Every answer carries the task's position so the asker can tell
-a gap (resend from there), a refusal (a newer epoch exists: step down) and
-success apart.
+``snapshot`` and ``restore``. Every answer carries the task's position so the
+asker can tell a gap (resend from there), a refusal (a newer epoch exists:
+step down) and success apart.
 
 Epochs are unique per proposer: the round in the high bits, a 32-bit hash of
 the member's name in the low bits, so two members taking over in the same

@@ -61,12 +61,12 @@ class Takeover:
         self.started = time.monotonic()
 
     def start(self) -> None:
-        others = [m for m in self.members if m != self.me]
-        if not self.defer or not others:
+        self.others = [m for m in self.members if m != self.me]
+        if not self.defer or not self.others:
             self._promise()
             return
         self.probed = [t for p in sorted(self.defer) for t in self.tasks[p]]
-        for member in others:
+        for member in self.others:
             self.call(member, "probe", {"tasks": [list(t) for t in self.probed]},
                       lambda answer, member=member: self._probed(member, answer))
 
@@ -79,12 +79,12 @@ class Takeover:
 
     def _probed(self, member: str, answer: Any) -> None:
         self.probes[member] = answer
-        if len(self.probes) < len([m for m in self.members if m != self.me]):
+        if len(self.probes) < len(self.others):
             return
         running: set[int] = set()
-        for answer in self.probes.values():  # no answer: the promise step meets it
-            if isinstance(answer, list):
-                running |= {t.partition for t, a in zip(self.probed, answer)
+        for probe in self.probes.values():  # no answer: the promise step meets it
+            if isinstance(probe, list):
+                running |= {t.partition for t, a in zip(self.probed, probe)
                             if isinstance(a, list) and len(a) == 4 and a[3]}
         for p in sorted(running):
             del self.tasks[p]

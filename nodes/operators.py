@@ -23,7 +23,6 @@ Example:
 from __future__ import annotations
 
 import inspect
-
 from collections import Counter, deque
 from collections.abc import Callable
 from itertools import chain, islice

@@ -9,11 +9,13 @@ applied to the primary's store and added to the log as the runtime does.
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from test_replication import (  # noqa: F401 - make_cluster is a fixture
-    FLOW, TIMEOUT, Cluster, History, content, data_of, entries, make_cluster)
+import pytest
+from test_replication import FLOW, TIMEOUT, Cluster, History, content, data_of, entries
 
 from daemon import handover as handover_module
 from daemon.handover import Handover
@@ -22,6 +24,14 @@ from daemon.store import TaskId
 from daemon.takeover import Takeover
 
 TASKS = [TaskId(FLOW, 0, 3), TaskId(FLOW, 1, 3)]
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    """Members a (the primary), b (its replica) and c (the learner)."""
+    made = Cluster(tmp_path, ["a", "b", "c"])
+    yield made
+    made.close()
 
 
 @dataclass(eq=False)
@@ -80,8 +90,7 @@ def make_handover(cluster: Cluster, tasks: list[Task], learners: tuple[str, ...]
 
 
 def test_a_handover_copies_while_commits_go_on_then_drains_and_is_done(
-        make_cluster: Any) -> None:
-    cluster = make_cluster(["a", "b", "c"])
+        cluster: Cluster) -> None:
     tasks = running_tasks(cluster, 20)
     handover, shipped, stale = make_handover(cluster, tasks)
     handover.start()
@@ -109,8 +118,7 @@ def test_a_handover_copies_while_commits_go_on_then_drains_and_is_done(
 
 
 def test_a_copy_whose_answer_is_lost_is_made_again_from_a_fresh_snapshot(
-        make_cluster: Any) -> None:
-    cluster = make_cluster(["a", "b", "c"])
+        cluster: Cluster) -> None:
     tasks = running_tasks(cluster, 10)
     calls: list[str] = []
     real = cluster.call("a")
@@ -144,8 +152,7 @@ def test_a_copy_whose_answer_is_lost_is_made_again_from_a_fresh_snapshot(
 
 
 def test_a_learner_that_promised_a_newer_epoch_makes_the_primary_stale(
-        make_cluster: Any) -> None:
-    cluster = make_cluster(["a", "b", "c"])
+        cluster: Cluster) -> None:
     tasks = running_tasks(cluster, 4)
     newer = epoch_after(epoch_after(0, "a"), "c")
     cluster.stores["c"].set_promise(TASKS[0], newer)
@@ -158,8 +165,7 @@ def test_a_learner_that_promised_a_newer_epoch_makes_the_primary_stale(
 
 
 def test_a_handover_that_cannot_finish_times_out_and_cancel_unpauses(
-        make_cluster: Any) -> None:
-    cluster = make_cluster(["a", "b", "c"])
+        cluster: Cluster) -> None:
     tasks = running_tasks(cluster, 4)
     handover, _, _ = make_handover(cluster, tasks)
     handover.start()
@@ -174,10 +180,9 @@ def test_a_handover_that_cannot_finish_times_out_and_cancel_unpauses(
 
 
 def test_the_takeover_waits_for_a_member_still_running_the_partition(
-        make_cluster: Any) -> None:
+        cluster: Cluster) -> None:
     """Step 0: c, new primary of partition 3, probes; a still runs it, so c defers
     and promises nothing. Once a has stepped down, the same round goes through."""
-    cluster = make_cluster(["a", "b", "c"])
     running_tasks(cluster, 6, replicas=("b", "c"))
     runs = {"a"}
     for name in ("a", "b", "c"):
