@@ -67,8 +67,7 @@ class Handover:
 
     def start(self) -> None:
         for task in self.tasks:
-            for learner in self.learners:
-                self._copy(task, learner)
+            self._copy(task, self.learners)
 
     def cancel(self) -> None:
         """Stop copying (the view changed again): the tasks run on as before."""
@@ -86,12 +85,15 @@ class Handover:
             for learner in self.learners:
                 if task.log.last - task.log.acked.get(learner, task.log.last) > MAX_LEARNER_LAG:
                     self.broken.setdefault((task, learner), now)
+        due: dict[PartitionTask, list[str]] = {}
         for (task, learner), when in list(self.broken.items()):
             if when is None:
                 self.broken[(task, learner)] = now + COPY_AGAIN_AFTER
             elif now >= when:
                 del self.broken[(task, learner)]
-                self._copy(task, learner)
+                due.setdefault(task, []).append(learner)
+        for task, learners in due.items():
+            self._copy(task, learners)
         if not self.draining and all(task.log.caught_up(learner, LAG) for task in self.tasks
                                      for learner in self.learners):
             self.draining = True
@@ -104,16 +106,17 @@ class Handover:
             return "done"
         return "draining" if self.draining else "copying"
 
-    def _copy(self, task: PartitionTask, learner: str) -> None:
-        """Send ``learner`` a snapshot of ``task`` at its last commit; commits follow."""
-        task.log.drop_learner(learner)
+    def _copy(self, task: PartitionTask, learners: tuple[str, ...] | list[str]) -> None:
+        """Send ``learners`` one snapshot of ``task`` at its last commit; commits follow."""
         last = task.number
-        chunks = list(self.store.snapshot(task.id))
-        task.log.add_learner(learner, last)
-        self.copies += 1
-        self.call(learner, "restore", {"task": list(task.id), "epoch": task.epoch,
-                                       "chunks": chunks},
-                  lambda answer: self._copied(task, learner, last, answer))
+        args = {"task": list(task.id), "epoch": task.epoch,
+                "chunks": list(self.store.snapshot(task.id))}
+        for learner in learners:
+            task.log.drop_learner(learner)
+            task.log.add_learner(learner, last)
+            self.copies += 1
+            self.call(learner, "restore", args,
+                      lambda answer, learner=learner: self._copied(task, learner, last, answer))
 
     def _copied(self, task: PartitionTask, learner: str, last: int, answer: Any) -> None:
         if self.cancelled or learner not in task.log.copying or task.log.acked[learner] != last:

@@ -117,7 +117,7 @@ class ReplicaLog:
 
     def add(self, number: int, data: bytes) -> None:
         self.last = number
-        if self.replicas or self.learners:
+        if self.shipping:
             self.commits.append((number, data))
 
     def add_learner(self, member: str, last: int) -> None:
