@@ -5,6 +5,7 @@ the same replica sets, so no assignment is stored or exchanged.
 
 - ``partition_of(key, P)``: xxh64(key bytes) mod P, P a power of two.
 - ``place(members, P, R)``: R distinct members per partition, primary first.
+- ``spread(count, sets)``: partitions for units of work, even over primaries.
   A member's preference for partition p is rendezvous (HRW): the score
   xxh64(p as 4 big-endian bytes + UTF-8 name). No member holds more than
   ceil(P*R/N) slots or is primary of more than ceil(P/N) partitions.
@@ -153,6 +154,27 @@ def place(members: Iterable[str], partitions: int, replicas: int) -> list[list[s
         rest = sorted((i for i in held if i != first), key=scores[p].__getitem__, reverse=True)
         out.append([names[first]] + [names[i] for i in rest])
     return out
+
+
+def spread(count: int, sets: Sequence[Sequence[str]]) -> list[int]:
+    """Partitions for ``count`` units of work (a source's splits): distinct while
+    there are partitions left, and each member of ``sets`` primary of as many as
+    the others, give or take one, until it has no partition left. The members take
+    turns in name order, each giving its partitions in order; with no members,
+    unit i goes to partition i mod P.
+
+    >>> spread(5, [["a"], ["b"], ["a"], ["a"]])
+    [0, 1, 2, 3, 0]
+    """
+    owned: dict[str, list[int]] = {}
+    for p, members in enumerate(sets):
+        if members:
+            owned.setdefault(members[0], []).append(p)
+    if not owned:
+        return [i % len(sets) for i in range(count)]
+    lists = [owned[name] for name in sorted(owned)]
+    turns = [part[k] for k in range(max(map(len, lists))) for part in lists if k < len(part)]
+    return [turns[i % len(turns)] for i in range(count)]
 
 
 def moved_slots(before: Sequence[Sequence[str]], after: Sequence[Sequence[str]]) -> int:

@@ -91,7 +91,7 @@ class Hooks:
 class RunningFlow:
     """One flow version on this member: its plan, and the partitions it is primary of."""
 
-    def __init__(self, record: FlowRecord, partitions: int, store: Store,
+    def __init__(self, record: FlowRecord, partitions: int, replicas: int, store: Store,
                  send: Callable[..., bool], publish: PublishBuffer, batch_size: int,
                  pressure: Pressure) -> None:
         self.record = record
@@ -100,8 +100,7 @@ class RunningFlow:
         self.partitions = partitions
         self.ctx = FlowContext(self.id, self.plan, partitions, store, send, publish.append,
                                batch_size=batch_size, pressure=pressure)
-        self.ctx.splits = {name: source.splits(partitions)
-                           for name, source in self.plan.sources.items()}
+        self.ctx.plan_splits(place(record.members, partitions, replicas))
         self.tasks: dict[tuple[int, int], PartitionTask] = {}
         self.active: dict[int, tuple[int, tuple[str, ...]]] = {}
         """Partitions running here: partition -> (epoch, replicas)."""
@@ -272,8 +271,8 @@ class Runtime:
         if record.status != "running" or flow_id(record) in self.flows:
             return
         try:
-            running = RunningFlow(record, self.partitions, self.store, self._send,
-                                  self.published, self.batch_size, self.pressure)
+            running = RunningFlow(record, self.partitions, self.replicas, self.store,
+                                  self._send, self.published, self.batch_size, self.pressure)
         except (FlowError, GossipflowError, OSError) as err:
             log.error("event=flow_failed member=%s flow=%s error=%r",
                       self.me, record.name, str(err))

@@ -32,7 +32,7 @@ import logging
 import os
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import msgpack
 
@@ -40,6 +40,7 @@ from nodes.errors import FlowError
 from nodes.plan import Plan, Stage, route
 from nodes.sinks import FilesSink, TableSink
 
+from .placement import spread
 from .replication import ReplicaLog
 from .store import Commit, Store, TaskId
 
@@ -131,16 +132,29 @@ class FlowContext:
     publish: Callable[[str, str, list], None] = lambda flow, sink, records: None
     """publish(flow id, sink name, records): the live stream, after the commit."""
     splits: dict[str, list] = field(default_factory=dict)
+    split_partitions: dict[str, list[int]] = field(default_factory=dict)
+    """Per source, the partition whose task reads each split."""
     batch_size: int = 1000
     pressure: Pressure = field(default_factory=Pressure)
 
+    def plan_splits(self, sets: Sequence[Sequence[str]] = ()) -> None:
+        """Split every source and give each split a partition: spread evenly over the
+        primaries of ``sets`` (the placement over the members the flow was submitted
+        to, the same on every member), or split i to partition i mod P without."""
+        self.splits = {name: source.splits(self.partitions)
+                       for name, source in self.plan.sources.items()}
+        self.split_partitions = {
+            name: spread(len(splits), sets) if sets
+            else [i % self.partitions for i in range(len(splits))]
+            for name, splits in self.splits.items()}
+
     def senders(self, stage: int) -> range | set[int]:
         """Partitions of ``stage`` that send anything: for a source stage the ones with
-        splits (split i belongs to partition i mod P), for any other stage all."""
+        splits, for any other stage all."""
         source = self.plan.stages[stage].source
         if source is None:
             return range(self.partitions)
-        return {i % self.partitions for i in range(len(self.splits[source]))}
+        return set(self.split_partitions[source])
 
 
 class PartitionTask:
@@ -190,6 +204,9 @@ class PartitionTask:
         self.inbox_records = 0
         self.inbox_since = 0.0  # when the oldest queued batch arrived
         self.upstream = {origin_id(u, p) for u in stage.inputs for p in ctx.senders(u)}
+        self.downstream = [origin_id(target, q) for target in stage.outputs
+                           if isinstance(target, int) for q in range(ctx.partitions)]
+        """The tasks this one sends to (end of stream goes to each)."""
         self.waiting = {o for o in self.upstream if not self.offsets.get(f"eos:{o}")}
         """Upstream tasks whose end of stream has not arrived yet."""
         self.records_in = self.records_out = 0
@@ -202,9 +219,9 @@ class PartitionTask:
         """A source task without splits: nothing to read, nothing to send, done from the
         start (downstream tasks do not wait for its end of stream)."""
         if stage.kind == "source":
-            splits = ctx.splits[stage.source]
-            self.idle = partition not in ctx.senders(stage.id)
-            self.unread = [i for i in range(len(splits)) if i % ctx.partitions == partition
+            owners = ctx.split_partitions[stage.source]
+            self.idle = partition not in owners
+            self.unread = [i for i, p in enumerate(owners) if p == partition
                            and not self.offsets.get(f"d{i}")]
 
     # ------------------------------------------------------------------ progress
@@ -287,9 +304,12 @@ class PartitionTask:
         elif self.may_read():
             self._read_source(out, commit)
         self._published: list[tuple[str, list]] = []
-        self._emit(out, commit)
-        if not self.offsets.get(EOS_SENT) and self.input_done:
-            self._end_of_stream(commit)  # after the last data, so it gets the last sequences
+        batches = self._emit(out, commit)
+        eos = not self.offsets.get(EOS_SENT) and self.input_done
+        if eos:
+            self._end_of_stream(commit, batches)
+        for dest, records in batches.items():
+            self._append(commit, dest, eos, records)
         self.acked = []
         if commit.state_puts or commit.state_deletes or commit.offsets or commit.marks \
                 or commit.outbox_puts or commit.outbox_deletes:
@@ -376,23 +396,30 @@ class PartitionTask:
             else:
                 commit.state_deletes.append(STATE + _packb(key))
 
-    def _end_of_stream(self, commit: Commit) -> None:
-        for target in self.stage.outputs:
-            if isinstance(target, int):
-                for q in range(self.ctx.partitions):
-                    self._append(commit, origin_id(target, q), True, [])
+    def _end_of_stream(self, commit: Commit, batches: dict[str, list]) -> None:
+        """Every downstream partition gets end of stream: on the step's last batch to it,
+        or on an empty one."""
+        for dest in self.downstream:
+            batches.setdefault(dest, [])
         self.offsets[EOS_SENT] = True
         commit.offsets[EOS_SENT] = pack(True)
 
-    def _emit(self, out: Any, commit: Commit) -> None:
+    def _emit(self, out: Any, commit: Commit) -> dict[str, list]:
+        """Write what goes to sinks; return what goes downstream, per destination."""
+        batches: dict[str, list] = {}
         for target, records in out.drain().items():
             self.records_out += len(records)
             if isinstance(target, int):
                 for q, part in enumerate(route(records, self.ctx.partitions)):
                     if part:
-                        self._append(commit, origin_id(target, q), False, part)
+                        dest = origin_id(target, q)
+                        if dest in batches:
+                            batches[dest] += part
+                        else:
+                            batches[dest] = part
             else:
                 self._sink(target, records, commit)
+        return batches
 
     def _append(self, commit: Commit, dest: str, eos: bool, records: list) -> None:
         seq = max(self.next_seq.get(dest, 1), 1)

@@ -44,7 +44,7 @@ plus drain for one batch.
 
 Sources and sinks: a source stage's task reads ``plan.sources[stage.source]``
 (``splits(P)``, then ``read(split, offset, max_records)``, see
-``nodes.sources``); split i belongs to partition ``i % P``. A sink's records
+``nodes.sources``), each split read by one partition's task. A sink's records
 are delivered per partition task: ``plan.sinks[name]`` says what it is
 (table: (key, value) records, latest wins; files: ``file_for(partition)``
 and ``encode(records)``; publish). Keyed heads emit a changelog: one

@@ -4,8 +4,9 @@ Every source follows one contract, which the local runner and the daemon
 both use:
 
 - ``splits(parallelism) -> list[dict]``: cut the input into independent
-  splits, small msgpack-able dicts. Split i is read by one task (the daemon
-  and the local runner give it to partition ``i % P``).
+  splits, small msgpack-able dicts. Split i is read by one task (the local
+  runner gives it to partition ``i % P``; the daemon spreads splits evenly
+  over the members the flow was submitted to).
 - ``read(split, offset, max_records) -> (records, new_offset, done)``: the
   next records of a split after ``offset`` (None for a split never read).
   ``new_offset`` is an int to checkpoint with the task's state; reading again
@@ -43,9 +44,9 @@ from nodes.errors import FlowError, StepRef, callback_error, safe_repr, typed
 
 Split = dict[str, Any]
 MIN_CHUNK = 4096        # bytes read per call, at least ...
-BYTES_PER_RECORD = 256  # ... and this much per record asked for
+BYTES_PER_RECORD = 256  # ... and this much per record asked for (until line lengths are known)
 MAX_CHUNK = 1 << 22
-MIN_SPLIT_BYTES = 1 << 20  # smaller ranges are not worth a task (and a commit) each
+MIN_SPLIT_BYTES = 4 << 20  # smaller ranges are not worth a task (and a commit) each
 
 
 class Source(Endpoint):
@@ -83,6 +84,8 @@ class _LineSource(Source):
             raise FlowError(f"sources.{self.kind}() needs min_split_bytes as an int >= 1;"
                             f" got {typed(min_split_bytes)}")
         self.pattern, self.min_split_bytes = str(pattern), min_split_bytes
+        self._line_bytes: dict[str, int] = {}
+        """Per file, the mean line length of the last read (to size the next)."""
 
     def paths(self) -> list[str]:
         """The matching files, sorted, as absolute paths."""
@@ -139,14 +142,20 @@ class _LineSource(Source):
                     pos = f.tell()
                 if pos >= end:
                     return b"", pos, pos, True
-                want = min(MAX_CHUNK, max_records * BYTES_PER_RECORD)
+                # Aim a little under max_records lines of the length seen so far in this
+                # file, so that cutting the surplus off is rare.
+                per_line = self._line_bytes.get(path, BYTES_PER_RECORD)
+                want = min(MAX_CHUNK, max_records * per_line * 9 // 10)
                 chunk = min(end - pos, max(MIN_CHUNK, want))
                 data = f.read(chunk)
                 if data and not data.endswith(b"\n"):
                     data += f.readline()  # finish the last line started inside the range
         except OSError as err:
             raise self._error(f"cannot read {path}: {err}") from err
-        if data.count(b"\n") + (not data.endswith(b"\n")) > max_records:
+        lines = data.count(b"\n") + (not data.endswith(b"\n"))
+        if lines:
+            self._line_bytes[path] = len(data) // lines + 1
+        if lines > max_records:
             rest = data.split(b"\n", max_records)[-1]
             data = data[: len(data) - len(rest)]
         new = pos + len(data)

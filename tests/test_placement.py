@@ -17,7 +17,7 @@ import xxhash
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from daemon.placement import moved_slots, partition_of, place, validate_partitions
+from daemon.placement import moved_slots, partition_of, place, spread, validate_partitions
 
 GRID_P = (64, 256, 1024)
 GRID_R = (1, 2, 3)
@@ -283,3 +283,22 @@ def test_key_must_be_bytes(bad) -> None:
 def test_member_names_must_be_str() -> None:
     with pytest.raises(TypeError, match="member names must be str; got bytes"):
         place(["a", b"b"], 8, 1)
+
+
+@settings(max_examples=150, deadline=None)
+@given(members=member_names, p=powers, r=st.integers(min_value=1, max_value=3),
+       count=st.integers(min_value=0, max_value=300))
+def test_spread_gives_units_distinct_partitions_evenly_over_primaries(members, p, r, count):
+    sets = place(members, p, r)
+    units = spread(count, sets)
+    assert len(units) == count and all(0 <= q < p for q in units)
+    assert len(set(units)) == min(count, p)  # a partition gets a second unit only at the end
+    if not members:
+        assert units == [i % p for i in range(count)]
+        return
+    share = Counter(sets[q][0] for q in units)
+    owns = Counter(s[0] for s in sets)
+    for a in owns:  # fewer units than another member only when out of partitions
+        for b in owns:
+            if share[a] + 1 < share[b]:
+                assert share[a] >= owns[a]
