@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
@@ -53,8 +54,13 @@ MAX_PENDING_BYTES = 512 << 10
 MAX_MEMBER_PENDING_BYTES = 4 << 20
 """... or while all tasks of its member together have this many (see Pressure)."""
 BATCHES_PER_COMMIT = 50
-"""A commit groups up to this many batches: fewer, larger commits and shuffle messages
-(the outputs of the whole group are combined before they are sent)."""
+"""A commit groups up to this many shuffled batches: fewer, larger commits and shuffle
+messages (the outputs of the whole group are combined before they are sent)."""
+SOURCE_BATCHES_PER_COMMIT = 200
+"""A source task reads up to this many batches per commit, combined into one batch per
+downstream partition: the fewer commits, the fewer (key, partial) pairs shuffled..."""
+SOURCE_STEP_TIME = 0.5
+"""... and for at most this many seconds (slow user functions make smaller commits)."""
 MAX_UNREPLICATED = 4
 """A task stops taking input while this many of its commits are not on every replica."""
 COMMIT_INTERVAL = 0.05
@@ -136,6 +142,7 @@ class FlowContext:
     """Per source, the partition whose task reads each split."""
     batch_size: int = 1000
     pressure: Pressure = field(default_factory=Pressure)
+    clock: Callable[[], float] = time.monotonic
 
     def plan_splits(self, sets: Sequence[Sequence[str]] = ()) -> None:
         """Split every source and give each split a partition: spread evenly over the
@@ -356,8 +363,10 @@ class PartitionTask:
 
     def _read_source(self, out: Any, commit: Commit) -> None:
         source = self.ctx.plan.sources[self.stage.source]
-        read = 0
-        while self.unread and read < self.ctx.batch_size * BATCHES_PER_COMMIT:
+        read, clock = 0, self.ctx.clock
+        until = clock() + SOURCE_STEP_TIME
+        while self.unread and read < self.ctx.batch_size * SOURCE_BATCHES_PER_COMMIT \
+                and clock() < until:
             i = self.unread[0]
             records, offset, done = source.read(self.ctx.splits[self.stage.source][i],
                                                 self.offsets.get(f"o{i}"), self.ctx.batch_size)

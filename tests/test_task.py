@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from daemon.store import Store
-from daemon.task import FlowContext, Inbound, PartitionTask, decode_batch, pack, table_key
+from daemon.task import (SOURCE_STEP_TIME, FlowContext, Inbound, PartitionTask, decode_batch,
+                         pack, table_key)
 from nodes import load_flow
 from nodes.plan import plan
 
@@ -71,7 +72,7 @@ def test_source_resumes_at_its_committed_offset_and_resends_its_outbox(store, tm
     ctx = context(store, sent, tmp_path)
     mine = [p for p in range(P) if p in ctx.senders(0)]
     task = PartitionTask(ctx, ctx.plan.stages[0], mine[0])
-    task.step()  # reads up to batch_size * BATCHES_PER_COMMIT records: its whole split
+    task.step()  # reads up to batch_size * SOURCE_BATCHES_PER_COMMIT records: its whole split
     assert task.input_done and task.offsets["eos"]
     outbox = store.outbox(task.id)
     # one batch per destination: the split's words and end of stream travel together
@@ -124,7 +125,7 @@ def test_a_source_stops_reading_while_its_receivers_lag(store, tmp_path, monkeyp
 
     sent: list = []
     text = FLOW.replace('generate(40, lambda i: f"a b w{i % 4}")',
-                        'generate(400000, lambda i: f"w{i} x{i}")')
+                        'generate(4000000, lambda i: f"w{i} x{i}")')
     assert text != FLOW
     the_plan = plan(load_flow(text, str(tmp_path / "wc.py")))
     ctx = FlowContext("wc@1", the_plan, 64, store,
@@ -147,3 +148,18 @@ def test_a_source_stops_reading_while_its_receivers_lag(store, tmp_path, monkeyp
     task.step()  # deletes the acknowledged entries ...
     task.step()  # ... and reads on
     assert task.records_in > read
+
+
+def test_a_source_step_stops_reading_after_its_time(store, tmp_path):
+    """Slow user functions make smaller commits, not a step that blocks the runtime."""
+    ticks = iter(range(1000))
+    text = FLOW.replace("generate(40,", "generate(4000,")
+    the_plan = plan(load_flow(text, str(tmp_path / "wc.py")))
+    ctx = FlowContext("wc@1", the_plan, 1, store, lambda *sent: True, batch_size=10,
+                      clock=lambda: next(ticks) * SOURCE_STEP_TIME / 2.5)
+    ctx.plan_splits()
+    task = PartitionTask(ctx, the_plan.stages[0], 0)
+    task.step()  # the clock says 0 (start), 0.4 and 0.8 of the step's time (read), 1.2: stop
+    assert task.records_in == 20 and not task.input_done
+    task.step()
+    assert task.records_in == 40
