@@ -57,8 +57,9 @@ BATCHES_PER_COMMIT = 50
 """A commit groups up to this many shuffled batches: fewer, larger commits and shuffle
 messages (the outputs of the whole group are combined before they are sent)."""
 SOURCE_BATCHES_PER_COMMIT = 200
-"""A source task reads up to this many batches per commit, combined into one batch per
-downstream partition: the fewer commits, the fewer (key, partial) pairs shuffled..."""
+"""A source task reads up to this many batches per commit (the fewer commits, the fewer
+(key, partial) pairs a combined output shuffles), while its output holds fewer records
+than BATCHES_PER_COMMIT batches (an output that is not combined grows with the input)..."""
 SOURCE_STEP_TIME = 0.5
 """... and for at most this many seconds (slow user functions make smaller commits)."""
 MAX_UNREPLICATED = 4
@@ -363,10 +364,10 @@ class PartitionTask:
 
     def _read_source(self, out: Any, commit: Commit) -> None:
         source = self.ctx.plan.sources[self.stage.source]
-        read, clock = 0, self.ctx.clock
+        read, clock, size = 0, self.ctx.clock, self.ctx.batch_size
         until = clock() + SOURCE_STEP_TIME
-        while self.unread and read < self.ctx.batch_size * SOURCE_BATCHES_PER_COMMIT \
-                and clock() < until:
+        while self.unread and read < size * SOURCE_BATCHES_PER_COMMIT and clock() < until \
+                and out.size() < size * BATCHES_PER_COMMIT:
             i = self.unread[0]
             records, offset, done = source.read(self.ctx.splits[self.stage.source][i],
                                                 self.offsets.get(f"o{i}"), self.ctx.batch_size)

@@ -50,6 +50,10 @@ class Outbox:
         self.partials: dict[int, dict] = {o: h.new_partials() for o, h in heads.items()}
         self.touched: set = set()
 
+    def size(self) -> int:
+        """Records held: listed records plus one per key of each accumulator."""
+        return sum(map(len, self.lists.values())) + sum(map(len, self.partials.values()))
+
     def drain(self) -> dict[Output, list]:
         """Take everything out: ``{output: records}`` for the non-empty outputs.
 

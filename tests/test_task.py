@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
 from daemon.store import Store
-from daemon.task import (SOURCE_STEP_TIME, FlowContext, Inbound, PartitionTask, decode_batch,
-                         pack, table_key)
+from daemon.task import (BATCHES_PER_COMMIT, SOURCE_BATCHES_PER_COMMIT, SOURCE_STEP_TIME,
+                         FlowContext, Inbound, PartitionTask, decode_batch, pack, table_key)
 from nodes import load_flow
 from nodes.plan import plan
 
@@ -125,7 +126,7 @@ def test_a_source_stops_reading_while_its_receivers_lag(store, tmp_path, monkeyp
 
     sent: list = []
     text = FLOW.replace('generate(40, lambda i: f"a b w{i % 4}")',
-                        'generate(4000000, lambda i: f"w{i} x{i}")')
+                        'generate(400000, lambda i: f"w{i} x{i}")')
     assert text != FLOW
     the_plan = plan(load_flow(text, str(tmp_path / "wc.py")))
     ctx = FlowContext("wc@1", the_plan, 64, store,
@@ -163,3 +164,25 @@ def test_a_source_step_stops_reading_after_its_time(store, tmp_path):
     assert task.records_in == 20 and not task.input_done
     task.step()
     assert task.records_in == 40
+
+
+def test_a_source_step_reads_less_when_its_output_is_not_combined(store, tmp_path):
+    """A count's output holds one pair per key, however much is read; a fold's grows with
+    every record: then a step stops at BATCHES_PER_COMMIT batches of output."""
+    folding = FLOW.replace("generate(40,", "generate(100000,").replace(
+        ".count()", ".fold(0, lambda n, w: n + 1)")
+    counted = FLOW.replace("generate(40,", "generate(100000,")
+    read = {}
+    for name, text in (("fold", folding), ("count", counted)):
+        the_plan = plan(load_flow(text, str(tmp_path / f"{name}.py")))
+        ctx = FlowContext(f"{name}@1", the_plan, 1, store, lambda *sent: True, batch_size=10,
+                          clock=lambda: 0.0)  # no time limit
+        ctx.plan_splits()
+        task = PartitionTask(ctx, the_plan.stages[0], 0)
+        task.step()
+        read[name] = task.records_in
+    # the fold's output, 3 words per record, reaches 10 * BATCHES_PER_COMMIT = 500 records
+    # after 17 batches of 10; the count's holds 6 keys when the step has read its
+    # 10 * SOURCE_BATCHES_PER_COMMIT records (a read counts one more than its records)
+    assert (BATCHES_PER_COMMIT, SOURCE_BATCHES_PER_COMMIT) == (50, 200)
+    assert read == {"fold": 170, "count": 10 * math.ceil(2000 / 11)}
