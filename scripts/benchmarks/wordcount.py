@@ -9,12 +9,15 @@ The corpus: --lines lines (default 2 000 000) of 8 words drawn from a
   from ``submit`` to ``completed``, the result checked equal to plain's; with
   one replica (R=1) and, on 2 or more daemons, with R=2 (every commit on two
   members before its outputs leave): the ratio R=2 / R=1 is the cost of
-  replication.
+  replication. Each run is compared with plain measured just before and just
+  after it (this machine's speed drifts by up to 2x within minutes); the
+  median of ``--repeat`` runs is shown, with the range of the ratio.
 
 - Bytewax 0.21 (when installed: the optional ``bench`` extra), its natural
   flat_map + count_final on 1 and 2 processes, the result checked the same way.
 
     python scripts/benchmarks/wordcount.py [--lines 2000000] [--daemons 1,2,3] [--replicas 1,2]
+        [--repeat 3]
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -109,6 +113,8 @@ def main() -> None:
     parser.add_argument("--lines", type=int, default=2_000_000)
     parser.add_argument("--daemons", default="1,2,3")
     parser.add_argument("--replicas", default="1,2")
+    parser.add_argument("--repeat", type=int, default=3,
+                        help="runs per configuration; the median is shown")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="gossipflow-wc-") as tmp:
         work = Path(tmp)
@@ -118,9 +124,11 @@ def main() -> None:
         expected, plain_s = plain(work / "corpus")
         base = words / plain_s
         print(f"corpus: {args.lines} lines, {words} words, {len(expected)} distinct")
-        print("(plain is measured again just before each gossipflow run, and each ratio uses "
-              "that one: this machine's speed drifts)")
-        print(f"{'what':<28} {'seconds':>8} {'M words/s':>10} {'plain s':>8} {'vs plain':>9}")
+        print(f"(each gossipflow run is compared with plain measured just before and just "
+              f"after it, as this machine's speed drifts; median of {args.repeat} runs, and "
+              f"the range of the ratio)")
+        print(f"{'what':<28} {'seconds':>8} {'M words/s':>10} {'plain s':>8} {'vs plain':>9}"
+              f"  range")
         print(f"{'plain Python Counter':<28} {plain_s:>8.2f} {base / 1e6:>10.3f} "
               f"{plain_s:>8.2f} {1:>9.3f}")
         ours, runs = {}, {}
@@ -128,12 +136,20 @@ def main() -> None:
             for r in [int(x) for x in args.replicas.split(",")]:
                 if r > n:
                     continue
-                _, before = plain(work / "corpus")
-                took = gossipflow(flow_file, n, r, work / f"cluster{n}r{r}", expected)
+                trials = []  # (ratio, seconds, plain seconds)
+                for i in range(args.repeat):
+                    _, before = plain(work / "corpus")
+                    took = gossipflow(flow_file, n, r, work / f"cluster{n}r{r}-{i}", expected)
+                    _, after = plain(work / "corpus")
+                    baseline = (before + after) / 2
+                    trials.append((baseline / took, took, baseline))
+                ratio, took, baseline = statistics.median_low(trials)
                 rate = runs[n, r] = words / took
                 ours[n] = max(ours.get(n, 0), rate) if r == 1 else ours.get(n, rate)
+                low, high = min(trials)[0], max(trials)[0]
                 print(f"{f'gossipflow, {n} daemon(s), R={r}':<28} {took:>8.2f} "
-                      f"{rate / 1e6:>10.3f} {before:>8.2f} {before / took:>9.3f}", flush=True)
+                      f"{rate / 1e6:>10.3f} {baseline:>8.2f} {ratio:>9.3f}  "
+                      f"{low:.2f}-{high:.2f}", flush=True)
         costs = [f"{n} daemons {runs[n, 2] / runs[n, 1]:.2f}x" for n, r in runs
                  if r == 2 and (n, 1) in runs]
         if costs:
