@@ -23,7 +23,8 @@ what they already applied. Every record is therefore applied exactly once.
 
 End of stream is an outbox entry like any other: a task that has read all
 its splits, or holds end-of-stream from every upstream task, sends it to
-every downstream partition and is done once those entries are acknowledged.
+every downstream partition (on its last batch to each, or on an empty one)
+and is done once those entries are acknowledged.
 """
 
 from __future__ import annotations
