@@ -19,7 +19,7 @@ import zmq
 from daemons import Cluster, cli, cluster_fixture, free_port, wait_for  # noqa: F401
 
 from daemon.cli import load_secret
-from daemon.config import Config
+from daemon.config import PROTOCOL_VERSION, Config
 from daemon.wire import Codec, MessageType
 
 pytestmark = pytest.mark.timeout(60)
@@ -46,7 +46,7 @@ def test_five_daemons_converge(cluster: Cluster) -> None:
         assert {m["name"]: m["address"] for m in members} == {
             n: cluster[n].address for n in FIVE}
         assert all(m["incarnation"] == 0 for m in members)  # fresh data dirs, no refutation
-        assert all(m["meta"] == {"v": 1, "p": 256, "r": 2} for m in members)
+        assert all(m["meta"] == {"v": PROTOCOL_VERSION, "p": 256, "r": 2} for m in members)
 
 
 def test_sigkill_is_detected_then_restart_comes_back_alive(cluster: Cluster) -> None:
@@ -318,7 +318,7 @@ def test_unparseable_member_address_is_refused_and_probing_goes_on(cluster: Clus
     cluster.start_many(three)
     dropped = cluster.stats("n0").get("dropped_DecodeError", 0)
     _send_udp(cluster["n0"].port, _gossip(
-        {"k": 0, "n": "ghost", "i": 0, "a": "not-an-address", "m": {"v": 1, "p": 256, "r": 2}}))
+        {"k": 0, "n": "ghost", "i": 0, "a": "not-an-address", "m": {"v": PROTOCOL_VERSION, "p": 256, "r": 2}}))
     wait_for(lambda: cluster.stats("n0").get("dropped_DecodeError", 0) == dropped + 1, 2.0,
              message="the forged update is counted as a decode error")
     before = {n: cluster.stats(n).get("probes", 0) for n in three}
@@ -338,7 +338,7 @@ def test_huge_incarnation_does_not_wedge_a_member(cluster: Cluster, incarnation:
     cluster.start_many(["a", "b"])
     _send_udp(cluster["a"].port, _gossip({"k": 0, "n": "b", "i": incarnation,
                                            "a": cluster["b"].address,
-                                           "m": {"v": 1, "p": 256, "r": 2}}))
+                                           "m": {"v": PROTOCOL_VERSION, "p": 256, "r": 2}}))
     wait_for(lambda: cluster.stats("a").get(counter, 0) >= 1, 3.0,
              message=f"a counts {counter}")
     assert cluster.statuses("a")["b"] == "alive"

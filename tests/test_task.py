@@ -9,8 +9,17 @@ from pathlib import Path
 import pytest
 
 from daemon.store import Store
-from daemon.task import (BATCHES_PER_COMMIT, SOURCE_BATCHES_PER_COMMIT, SOURCE_STEP_TIME,
-                         FlowContext, Inbound, PartitionTask, decode_batch, pack, table_key)
+from daemon.task import (
+    BATCHES_PER_COMMIT,
+    SOURCE_BATCHES_PER_COMMIT,
+    SOURCE_STEP_TIME,
+    FlowContext,
+    Inbound,
+    PartitionTask,
+    decode_batch,
+    pack,
+    table_key,
+)
 from nodes import load_flow
 from nodes.plan import plan
 
