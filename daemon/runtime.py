@@ -196,8 +196,11 @@ class Runtime:
             now = time.monotonic()
             ready, self._ready = self._ready, {}
             stepped: dict[TaskId, PartitionTask] = {}
-            # the task that stepped longest ago first: sources share what the pressure allows
-            tasks = iter(sorted(ready.values(), key=lambda t: t.stepped_at))
+            # Tasks with shuffled input before sources (what is in flight drains before more
+            # is read, and a source's long step never makes it wait a round), then the one
+            # that stepped longest ago first: sources share what the pressure allows.
+            tasks = iter(sorted(ready.values(), key=lambda t: (t.stage.kind == "source",
+                                                                t.stepped_at)))
             for task in tasks:
                 wake = task.wake_at(now)
                 if wake is not None and wake <= now and self._current(task):
