@@ -52,6 +52,7 @@ class Takeover:
         self.tasks, self.sets, self.members = tasks, replica_sets, members
         self.on_ready, self.on_failed = on_ready, on_failed
         self.defer, self.on_deferred = defer_to_running & set(tasks), on_deferred
+        self.others = [m for m in self.members if m != self.me]
         self.probes: dict[str, Any] = {}
         self.promising = False
         """Past the probe: promises asked (or answered)."""
@@ -61,7 +62,6 @@ class Takeover:
         self.started = time.monotonic()
 
     def start(self) -> None:
-        self.others = [m for m in self.members if m != self.me]
         if not self.defer or not self.others:
             self._promise()
             return

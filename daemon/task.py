@@ -146,16 +146,15 @@ class FlowContext:
     pressure: Pressure = field(default_factory=Pressure)
     clock: Callable[[], float] = time.monotonic
 
-    def plan_splits(self, sets: Sequence[Sequence[str]] = ()) -> None:
+    def plan_splits(self, sets: Sequence[Sequence[str]] | None = None) -> None:
         """Split every source and give each split a partition: spread evenly over the
         primaries of ``sets`` (the placement over the members the flow was submitted
         to, the same on every member), or split i to partition i mod P without."""
+        sets = sets or [()] * self.partitions
         self.splits = {name: source.splits(self.partitions)
                        for name, source in self.plan.sources.items()}
-        self.split_partitions = {
-            name: spread(len(splits), sets) if sets
-            else [i % self.partitions for i in range(len(splits))]
-            for name, splits in self.splits.items()}
+        self.split_partitions = {name: spread(len(splits), sets)
+                                 for name, splits in self.splits.items()}
 
     def senders(self, stage: int) -> range | set[int]:
         """Partitions of ``stage`` that send anything: for a source stage the ones with
@@ -213,9 +212,6 @@ class PartitionTask:
         self.inbox_records = 0
         self.inbox_since = 0.0  # when the oldest queued batch arrived
         self.upstream = {origin_id(u, p) for u in stage.inputs for p in ctx.senders(u)}
-        self.downstream = [origin_id(target, q) for target in stage.outputs
-                           if isinstance(target, int) for q in range(ctx.partitions)]
-        """The tasks this one sends to (end of stream goes to each)."""
         self.waiting = {o for o in self.upstream if not self.offsets.get(f"eos:{o}")}
         """Upstream tasks whose end of stream has not arrived yet."""
         self.records_in = self.records_out = 0
@@ -410,8 +406,10 @@ class PartitionTask:
     def _end_of_stream(self, commit: Commit, batches: dict[str, list]) -> None:
         """Every downstream partition gets end of stream: on the step's last batch to it,
         or on an empty one."""
-        for dest in self.downstream:
-            batches.setdefault(dest, [])
+        for target in self.stage.outputs:
+            if isinstance(target, int):
+                for q in range(self.ctx.partitions):
+                    batches.setdefault(origin_id(target, q), [])
         self.offsets[EOS_SENT] = True
         commit.offsets[EOS_SENT] = pack(True)
 
@@ -423,11 +421,7 @@ class PartitionTask:
             if isinstance(target, int):
                 for q, part in enumerate(route(records, self.ctx.partitions)):
                     if part:
-                        dest = origin_id(target, q)
-                        if dest in batches:
-                            batches[dest] += part
-                        else:
-                            batches[dest] = part
+                        batches[origin_id(target, q)] = part
             else:
                 self._sink(target, records, commit)
         return batches
