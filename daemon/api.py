@@ -88,6 +88,11 @@ def cancel(node: "Node", args: dict[str, Any]) -> dict[str, Any]:
     return node.flows.set_status(_arg(args, "name", str), "cancelled").summary()
 
 
+def forget(node: "Node", args: dict[str, Any]) -> dict[str, Any]:
+    """Remove a stopped member for good: it votes in no flow again."""
+    return {"forgotten": node.flows.forget(_arg(args, "name", str))}
+
+
 def rows(node: "Node", args: dict[str, Any], respond: Respond) -> None:
     """Table rows this member holds for a flow version (asked by other members' queries)."""
     _arg(args, "flow", str)
@@ -180,7 +185,7 @@ def _arg(args: dict[str, Any], name: str, kind: type) -> Any:
 
 OPS: dict[str, Callable[["Node", dict[str, Any]], Any]] = {
     "members": members, "local_partitions": local_partitions, "status": status,
-    "submit": submit, "flows": flows, "flow": flow, "cancel": cancel,
+    "submit": submit, "flows": flows, "flow": flow, "cancel": cancel, "forget": forget,
     "local_progress": local_progress, "published": published, "faults": faults,
 }
 DEFERRED_OPS: dict[str, Callable[["Node", dict[str, Any], Respond], None]] = {

@@ -328,5 +328,18 @@ def cancel(ask: Callable[..., Any], as_json: bool, name: str) -> None:
         click.echo(f"flow {name}: {record['status']}")
 
 
+@main.command()
+@click.argument("name")
+@client_command
+def forget(ask: Callable[..., Any], as_json: bool, name: str) -> None:
+    """Remove member NAME for good (it must be stopped and never come back with its data
+    dir): it no longer counts towards any flow's majority, so the others carry on."""
+    result = ask("forget", {"name": name})
+    if as_json:
+        _print_json(result)
+    else:
+        click.echo(f"forgotten: {', '.join(result['forgotten'])}")
+
+
 if __name__ == "__main__":
     main()

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from .errors import ConfigError
 
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 """Members of one cluster must run the same version: 2 spreads source splits over the
 members a flow was submitted to (1 gave split i to partition i mod P)."""
 

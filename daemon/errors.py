@@ -8,7 +8,8 @@
     ├── TransportError              a socket could not be bound or used
     ├── RegistryError               a flow registry request that cannot be done
     │   ├── FlowExistsError         another text already runs under that name
-    │   └── UnknownFlowError        no flow of that name
+    │   ├── UnknownFlowError        no flow of that name
+    │   └── ForgetError             a member that cannot be forgotten (alive, or the asked one)
     ├── ClientError                 a client request that failed
     │   ├── NodeUnreachableError    no answer from the daemon in time
     │   └── RequestRefusedError     the daemon answered with an error
@@ -58,6 +59,10 @@ class FlowExistsError(RegistryError):
 
 class UnknownFlowError(RegistryError):
     """No flow of that name."""
+
+
+class ForgetError(RegistryError):
+    """A member that cannot be forgotten: it is alive, or it is the member asked."""
 
 
 class ClientError(GossipflowError):

@@ -14,7 +14,7 @@ import json
 import logging
 from typing import TYPE_CHECKING, Any, Callable
 
-from .errors import DecodeError, RequestRefusedError, WireError
+from .errors import DecodeError, ForgetError, RequestRefusedError, WireError
 from .files import write_atomically
 from .placement import place
 from .registry import FlowRecord, Registry
@@ -47,9 +47,15 @@ class FlowService:
         self.progress: dict[str, tuple[int, set[int]]] = {}
         self.registry = Registry(node.name, on_change=self._changed)
         self._flows_file = node.data_dir / "flows.json"
+        self._forgotten_file = node.data_dir / "forgotten.json"
+        self.forgotten: set[str] = set()
+        """Members removed for good (``gossipflow forget``): they vote in no flow again.
+        Grow-only, spread by push-pull and kept in the data dir."""
         self._load()
         node.membership.add_state_exchange("fl", self.registry.to_wire, self.registry.merge_wire)
         node.membership.add_state_exchange("pg", self._progress_out, self.merge_progress)
+        node.membership.add_state_exchange("fg", lambda: sorted(self.forgotten),
+                                           self.merge_forgotten)
         self._view: tuple | None = None
 
     def start(self) -> None:
@@ -61,14 +67,11 @@ class FlowService:
         self.node.loop.clock.call_later(VIEW_EVERY, self._check_view)
 
     def view_changed(self) -> None:
-        """Give the runtime the members alive, known (not left) and left, once joined."""
+        """Give the runtime the members alive and the members forgotten, once joined."""
         membership = self.node.membership
         if not membership.joined:
             return
-        members = list(membership.members.values())
-        view = (sorted(m.name for m in membership.live_members()),
-                sorted(m.name for m in members if m.status != Status.LEFT),
-                sorted(m.name for m in members if m.status == Status.LEFT))
+        view = (sorted(m.name for m in membership.live_members()), sorted(self.forgotten))
         if view != self._view:
             self._view = view
             self.runtime.post("view", *view)
@@ -110,8 +113,50 @@ class FlowService:
             self.registry.merge_wire(body["fl"])
         if "pg" in body:
             self.merge_progress(body["pg"])
+        if "fg" in body:
+            self.merge_forgotten(body["fg"])
+
+    # ------------------------------------------------------------------ forgotten members
+
+    def forget(self, name: str) -> list[str]:
+        """Remove member ``name`` for good: it votes in no flow from now on, so the
+        others can carry on without it. Returns every member forgotten.
+
+        Raises:
+            ForgetError: ``name`` is alive (stop it first) or is this member.
+        """
+        if name == self.node.name:
+            raise ForgetError(f"{name} is the member you asked: ask another member to "
+                              f"forget it, once it is stopped for good")
+        alive = {m.name for m in self.node.membership.live_members()}
+        if name in alive:
+            raise ForgetError(f"{name} is alive; stop it for good first (a forgotten member "
+                              "must never come back with its data dir), then forget it")
+        self.merge_forgotten([name])
+        self.spread(fg=[name])
+        return sorted(self.forgotten)
+
+    def merge_forgotten(self, names: list) -> None:
+        """Take members forgotten elsewhere. Raises WireError on names that are not str."""
+        if not all(isinstance(n, str) and n for n in names):
+            raise WireError("forgotten members must be names")
+        new = set(names) - self.forgotten
+        if new:
+            self.forgotten |= new
+            write_atomically(self._forgotten_file, json.dumps(sorted(self.forgotten)))
+            log.warning("event=members_forgotten member=%s forgotten=%s%s", self.node.name,
+                        ",".join(sorted(new)),
+                        " (this member: it takes part in no flow)" if self.node.name in new
+                        else "")
+            self.view_changed()
 
     def _load(self) -> None:
+        if self._forgotten_file.exists():
+            try:
+                self.forgotten = set(json.loads(self._forgotten_file.read_text()))
+            except (ValueError, TypeError) as err:
+                raise DecodeError(f"{self._forgotten_file} is damaged ({err}); move it away: "
+                                  f"the cluster will send it again") from err
         if self._flows_file.exists():
             try:
                 self.registry.merge_wire(json.loads(self._flows_file.read_text()))

@@ -10,7 +10,7 @@ pipelined: the task goes on committing while earlier commits travel.
 
 :class:`ReplicaServer` answers the requests a primary (or a member taking
 over) makes of the members' stores: ``probe``, ``promise``, ``commits``,
-``snapshot`` and ``restore``. Every answer carries the task's position so the
+``snapshot``, ``restore`` and ``accept``. Every answer carries the task's position so the
 asker can tell a gap (resend from there), a refusal (a newer epoch exists:
 step down) and success apart.
 
@@ -24,18 +24,20 @@ Why nothing is counted twice (whatever the views):
 
 - A task's outputs and its input acknowledgements leave only when its
   commit is on every member of its replica set. A member taking over first
-  makes every live member promise its new epoch; each then refuses commits
-  of lower epochs, the old primary's included, so an old primary cut off
-  but alive can make no further commit durable and releases nothing more.
-- The new primary continues from the most advanced copy among the promised
-  stores (highest epoch of last commit, then number): it holds every durable
-  commit, so every released output and acknowledged input is accounted for.
-  What it redoes (inputs past a non-durable commit) was never released and
-  is resent under the same outbox sequences, which receivers deduplicate.
+  makes a majority of the flow's voters promise its new epoch, one of them
+  from the last durable replica set (:mod:`daemon.ownership`); each then
+  refuses commits of lower epochs, so an old primary cut off but alive can
+  make no further commit durable and releases nothing more.
+- The new primary continues from the most advanced copy answered (highest
+  epoch of last commit, then number): it holds every durable commit, so
+  every released output and acknowledged input is accounted for. What it
+  redoes (inputs past a non-durable commit) was never released and is
+  resent under the same outbox sequences, which receivers deduplicate.
 - Before it releases anything, the new primary brings every replica to its
-  own position (a snapshot where they differ): from then on all copies share
-  one history, and a commit (number, epoch) names the same write-set on
-  every member that has it.
+  own position (a snapshot where they differ), seals that with one commit of
+  its own epoch on all of them, and has a majority of voters accept its
+  replica set: from then on all copies share one history, and a commit
+  (number, epoch) names the same write-set on every member that has it.
 """
 
 from __future__ import annotations
@@ -204,16 +206,25 @@ class ReplicaServer:
             return list(self.store.snapshot(TaskId(*args["task"])))
         if kind == "restore":
             return self.restore(TaskId(*args["task"]), int(args["epoch"]), args["chunks"])
+        if kind == "accept":
+            return self.accept([TaskId(*t) for t in args["tasks"]], int(args["epoch"]),
+                               [str(m) for m in args["members"]])
         raise ValueError(f"unknown replication request {kind!r}")
 
-    def promise(self, tasks: list[TaskId], epoch: int) -> list[list[int]]:
-        """Promise ``epoch`` for each task; answer each task's [last, epoch, promised]
-        (a promise above ``epoch`` means refused)."""
+    def promise(self, tasks: list[TaskId], epoch: int) -> list[list]:
+        """Promise ``epoch`` for each task; answer each task's [last, epoch, promised,
+        accepted epoch, accepted members] (a promise above ``epoch`` means refused)."""
         out = []
         for task in tasks:
             self.store.set_promise(task, epoch)
-            out.append(list(self.store.task_meta(task)))
+            accepted = self.store.accepted(task)
+            out.append([*self.store.task_meta(task), accepted.epoch, list(accepted.members)])
         return out
+
+    def accept(self, tasks: list[TaskId], epoch: int, members: list[str]) -> list[int]:
+        """Accept ``members`` as the replica set of each task at ``epoch``; answer per
+        task the highest epoch promised here (``epoch`` itself means accepted)."""
+        return [self.store.accept(task, epoch, members) for task in tasks]
 
     def probe(self, tasks: list[TaskId]) -> list[list[int]]:
         """Per task [last, epoch, promised, 1 if it runs here else 0]; promises nothing."""

@@ -15,10 +15,11 @@ becomes primary of partitions it does not run, it takes them over
 a replica. Every commit goes to the replicas (:mod:`daemon.replication`) and
 its outputs leave once all hold it.
 
-A member acts only while it sees a majority of the cluster alive (of the
-members it knows, and at least of those a flow was submitted to): one cut
-off alone, or restarted and not yet joined, takes nothing over and commits
-nothing, so it cannot run a partition beside its real primary.
+A member acts for a flow only while it sees a majority of the flow's voters
+(:mod:`daemon.ownership`): one cut off alone, or restarted and not yet joined,
+takes nothing over and commits nothing. Safety does not rest on that view:
+a takeover needs a majority's promises and a member of the last durable
+replica set, whatever the views say.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from nodes.plan import plan as make_plan
 
 from .errors import GossipflowError, StaleCommitError
 from .handover import Handover
+from .ownership import quorate, voters
 from .placement import place
 from .publish import PublishBuffer
 from .registry import FlowRecord
@@ -159,9 +161,8 @@ class Runtime:
         """Tasks that may have work: checked, stepped, and kept while they still have."""
         self.view: list[str] = [me]
         """Members alive (or suspect) in our view, ourselves included, sorted."""
-        self.known: set[str] = {me}
-        """Members known and not gone for good (alive, suspect or dead; not left)."""
-        self.left: set[str] = set()
+        self.forgotten: frozenset[str] = frozenset()
+        """Members removed for good (``gossipflow forget``): they vote in no flow."""
         self.has_view = False
         """Whether the event loop sent a view yet (it does once joined): until then we
         know too little of the cluster to run anything."""
@@ -179,7 +180,7 @@ class Runtime:
 
     def post(self, *item: Any) -> None:
         """Hand the worker something to do (thread-safe): ("flow", record),
-        ("view", alive, known, left), ("data", flow_id, stage, partition, origin, seq,
+        ("view", alive, forgotten), ("data", flow_id, stage, partition, origin, seq,
         payload, reply), ("ack", task_id, destination, mark), ("reply", fn, answer)."""
         self._inbox.put(item)
 
@@ -302,10 +303,9 @@ class Runtime:
 
     # ------------------------------------------------------------------ placement
 
-    def _on_view(self, alive: list[str], known: list[str], left: list[str]) -> None:
-        self.view = sorted(set(alive) | {self.me})
-        self.known = set(known) | {self.me}
-        self.left = set(left) - {self.me}
+    def _on_view(self, alive: list[str], forgotten: list[str]) -> None:
+        self.forgotten = frozenset(forgotten)
+        self.view = sorted((set(alive) | {self.me}) - self.forgotten)
         self.sets = place(self.view, self.partitions, self.replicas)
         self.has_view = True
         log.info("event=view member=%s alive=%s", self.me, ",".join(self.view))
@@ -313,11 +313,13 @@ class Runtime:
         for running in list(self.flows.values()):
             self._place(running, now)
 
+    def voters(self, running: RunningFlow) -> frozenset[str]:
+        """The flow's voters: the members it was submitted to, less those forgotten."""
+        return voters(running.record.members, self.forgotten)
+
     def quorate(self, running: RunningFlow) -> bool:
-        """Whether we see a majority of the cluster: of the members we know and of those
-        the flow was submitted to, not counting members that left for good."""
-        cluster = (self.known | set(running.record.members)) - self.left
-        return 2 * len(self.view) > len(cluster)
+        """Whether we see a majority of the flow's voters (and were not forgotten)."""
+        return self.me not in self.forgotten and quorate(self.view, self.voters(running))
 
     def _place(self, running: RunningFlow, now: float) -> None:
         """Start, keep, hand over or stop running each partition as the view says."""
@@ -382,7 +384,7 @@ class Runtime:
                             if now - running.deferred.get(p, now) < WAIT_FOR_HANDOVER)
         takeover = Takeover(
             self.me, self.store, self._call, epoch, tasks,
-            {p: self.sets[p] for p in partitions}, list(self.view),
+            {p: self.sets[p] for p in partitions}, list(self.view), self.voters(running),
             on_ready=lambda p: self._took_over(running, takeover, p),
             on_failed=lambda p, seen: self._takeover_failed(running, takeover, p, seen),
             defer_to_running=waiting,
@@ -575,6 +577,13 @@ class Runtime:
                 log.info("event=stale_epoch member=%s task=%s replica=%s epoch=%d promised=%d",
                          self.me, task.id, member, task.epoch, got[1])
                 self._deactivate(self.flows[task.id.flow], task.partition, "stale")
+            elif got[0] < task.log.acked.get(member, 0):
+                # it lost commits it had acknowledged (a wiped store, a power loss): only a
+                # snapshot brings it back, and the takeover that follows sends one
+                log.warning("event=replica_lost_data member=%s task=%s replica=%s last=%d "
+                            "acknowledged=%d", self.me, task.id, member, got[0],
+                            task.log.acked[member])
+                self._deactivate(self.flows[task.id.flow], task.partition, "replica lost data")
             else:
                 task.on_replicated(member, got[0])
                 self._ready[task.id] = task

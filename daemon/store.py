@@ -16,7 +16,12 @@ are range scans)::
     outbox     prefix + dest + 0x00 + u64 BE -> payload
     sequences  prefix + dest                 -> u64 BE next outbox sequence
     taskmeta   prefix                        -> u64 BE last number, epoch, promise
+    accepted   prefix                        -> msgpack [epoch, [member, ...]]
     meta       UTF-8 key                     -> daemon-wide record
+
+``accepted`` is this member's vote on who owns the task (:mod:`daemon.ownership`):
+the replica set a new primary established at an epoch. It is not part of the task's
+data: snapshots do not carry it and restores leave it.
 
 Threading: one Store per path (an flock refuses a second, in any process);
 writes are serialised by a lock; reads may come from any thread. LMDB allows
@@ -65,7 +70,7 @@ from .errors import (
 
 log = logging.getLogger("gossipflow.store")
 T = TypeVar("T")
-FORMAT = 1  # of the files, snapshots and Commit bytes; bump on incompatible change
+FORMAT = 2  # of the files, snapshots and Commit bytes; bump on incompatible change
 _FORMAT_KEY = b"\x00format"  # in meta (put_meta keys cannot start with NUL)
 _TASK_DBS = ("state", "offsets", "marks", "outbox", "sequences", "taskmeta")
 _U64, _META, _IDS = struct.Struct(">Q"), struct.Struct(">QQQ"), struct.Struct(">II")
@@ -78,6 +83,13 @@ class TaskId(NamedTuple):
     flow: str
     stage: int
     partition: int
+
+
+class Accepted(NamedTuple):
+    """The replica set (primary first) accepted for a task at ``epoch``; (0, ()) if none."""
+
+    epoch: int
+    members: tuple[str, ...]
 
 
 class TaskMeta(NamedTuple):
@@ -234,13 +246,13 @@ class Store:
     def _open(self, map_size: int, sync: bool) -> None:
         env = None
         try:
-            env = lmdb.open(str(self.path), map_size=map_size, max_dbs=len(_TASK_DBS) + 1,
+            env = lmdb.open(str(self.path), map_size=map_size, max_dbs=len(_TASK_DBS) + 2,
                             subdir=True, sync=sync, metasync=sync, writemap=False,
                             max_readers=126)
             fresh = env.stat()["entries"] == 0  # the main db lists the named dbs
             with env.begin(write=True) as txn:
                 dbs = [env.open_db(n.encode(), txn=txn, create=fresh)
-                       for n in _TASK_DBS + ("meta",)]
+                       for n in _TASK_DBS + ("accepted", "meta")]
                 if fresh:
                     txn.put(_FORMAT_KEY, _U64.pack(FORMAT), db=dbs[-1])
                 elif txn.get(_FORMAT_KEY, db=dbs[-1]) != _U64.pack(FORMAT):
@@ -250,8 +262,8 @@ class Store:
                 env.close()
             raise StoreError(f"{self.path}: not a usable gossipflow store ({err}); "
                              "use an empty directory or one written by gossipflow") from err
-        self._env, self._task_dbs, self._meta = env, dbs[:-1], dbs[-1]
-        self._state, self._offsets, self._marks, self._outbox, self._seqs, self._tmeta = dbs[:-1]
+        self._env, self._task_dbs, self._accepted, self._meta = env, dbs[:-2], dbs[-2], dbs[-1]
+        self._state, self._offsets, self._marks, self._outbox, self._seqs, self._tmeta = dbs[:-2]
 
     def __enter__(self) -> Self:
         return self
@@ -438,6 +450,39 @@ class Store:
 
         return self._write(write)
 
+    def accept(self, task: TaskId, epoch: int, members: Iterable[str]) -> int:
+        """Accepts ``members`` as the task's replica set at ``epoch`` unless a higher epoch
+        was promised or committed here; then promises ``epoch`` at least.
+
+        Returns:
+            The highest epoch promised or seen here afterwards: ``epoch`` if accepted.
+        """
+        p, value = task_prefix(task), msgpack.packb([epoch, list(members)])
+
+        def write(txn: lmdb.Transaction) -> int:
+            raw = txn.get(p, db=self._tmeta)
+            last, ep, promised = _META.unpack(raw) if raw else (0, 0, 0)
+            if epoch < max(ep, promised):
+                return max(ep, promised)
+            if epoch >= self._accepted_in(txn, p).epoch:
+                txn.put(p, value, db=self._accepted)
+            txn.put(p, _META.pack(last, ep, epoch), db=self._tmeta)
+            return epoch
+
+        return self._write(write)
+
+    def accepted(self, task: TaskId) -> Accepted:
+        """Returns the replica set this member last accepted for the task, and its epoch."""
+        with self._read() as txn:
+            return self._accepted_in(txn, task_prefix(task))
+
+    def _accepted_in(self, txn: lmdb.Transaction, prefix: bytes) -> Accepted:
+        raw = txn.get(prefix, db=self._accepted)
+        if raw is None:
+            return Accepted(0, ())
+        epoch, members = msgpack.unpackb(raw)
+        return Accepted(epoch, tuple(members))
+
     def task_meta(self, task: TaskId) -> TaskMeta:
         """Returns the task's last commit number, its epoch and the promised epoch."""
         with self._read() as txn:
@@ -574,9 +619,14 @@ class Store:
         self._write(write, size)
 
     def drop_task(self, task: TaskId) -> None:
-        """Deletes all data of a task (its partition moved away), in one transaction."""
+        """Deletes all data of a task and its accepted replica set, in one transaction."""
         p = task_prefix(task)
-        self._write(lambda txn: self._drop(txn, p))
+
+        def write(txn: lmdb.Transaction) -> None:
+            self._drop(txn, p)
+            txn.delete(p, db=self._accepted)
+
+        self._write(write)
 
     def _drop(self, txn: lmdb.Transaction, prefix: bytes) -> None:
         for db in self._task_dbs:

@@ -1,22 +1,28 @@
 """Taking over partitions: how a member becomes their primary with a new epoch.
 
 A member that is primary of partitions in its view, and not yet running
-them, takes them over in one round (DESIGN.md, "Replication and failover"):
+them, takes them over in one round (DESIGN.md, "Replication and failover";
+the rules are :mod:`daemon.ownership`'s):
 
 0. **probe** (for the partitions in ``defer_to_running``): if another live
    member still runs one, it is handing it over (:mod:`daemon.handover`
    copies it here first): the round leaves it to ``on_deferred(partition)``
    and a later round, so a join or a return moves data without pausing;
 1. **promise**: every live member promises the round's epoch for every task
-   of those partitions and answers its copy's position; from then on it
-   refuses commits of older epochs, the old primary's included. A member
-   that does not answer, or a promise already above ours, ends the round
-   (the runtime tries again with a higher epoch when the view allows);
+   of those partitions and answers its copy's position and the replica set it
+   last accepted; from then on it refuses commits of older epochs, the old
+   primary's included. The round needs a majority of the flow's voters, no
+   promise above ours, and, per task, an answer from a member of the last
+   durable replica set (:func:`daemon.ownership.choose`); a partition that
+   lacks one is left to a later round (it waits, unavailable);
 2. **catch up**: per task, if another member's copy is more advanced than
    ours, fetch its snapshot and restore it here;
 3. **sync replicas**: every other member of the new replica set whose copy
-   differs from ours gets our snapshot, so all copies share one history;
-4. **activate**: ``on_ready(partition)`` runs the tasks; what their store
+   differs from ours gets our snapshot;
+4. **seal**: one empty commit at our epoch on us and every replica, so no copy
+   of an older history can look newer than this one;
+5. **accept**: a majority of the voters accepts the new replica set at our epoch;
+6. **activate**: ``on_ready(partition)`` runs the tasks; what their store
    holds is on every replica, so the outbox goes out at once.
 
 Each step talks through ``call(member, kind, args, on_reply)`` (ourselves
@@ -31,8 +37,9 @@ import logging
 import time
 from typing import Any, Callable
 
-from .replication import position
-from .store import Store, TaskId
+from .errors import GossipflowError
+from .ownership import Answer, choose, quorate
+from .store import Commit, Store, TaskId
 
 log = logging.getLogger("gossipflow.takeover")
 
@@ -40,24 +47,28 @@ Call = Callable[[str, str, Any, Callable[[Any], None]], None]
 
 
 class Takeover:
-    """One round over ``partitions`` of one flow, at ``epoch``."""
+    """One round over ``partitions`` of one flow, at ``epoch``, for a flow whose
+    voters are ``voters``."""
 
     def __init__(self, me: str, store: Store, call: Call, epoch: int,
                  tasks: dict[int, list[TaskId]], replica_sets: dict[int, list[str]],
-                 members: list[str], on_ready: Callable[[int], None],
+                 members: list[str], voters: frozenset[str], on_ready: Callable[[int], None],
                  on_failed: Callable[[int, int], None],
                  defer_to_running: frozenset[int] = frozenset(),
                  on_deferred: Callable[[int], None] = lambda p: None) -> None:
         self.me, self.store, self.call, self.epoch = me, store, call, epoch
         self.tasks, self.sets, self.members = tasks, replica_sets, members
+        self.voters = voters
         self.on_ready, self.on_failed = on_ready, on_failed
         self.defer, self.on_deferred = defer_to_running & set(tasks), on_deferred
         self.others = [m for m in self.members if m != self.me]
         self.probes: dict[str, Any] = {}
         self.promising = False
         """Past the probe: promises asked (or answered)."""
-        self.answers: dict[str, list | None] = {}
+        self.answers: dict[str, list[Answer] | None] = {}
+        self.metas: dict[TaskId, dict[str, Answer]] = {}
         self.waiting: dict[int, int] = {}  # partition -> calls outstanding in its step
+        self.accepted: dict[int, set[str]] = {}  # partition -> members that accepted
         self.dropped: set[int] = set()
         self.started = time.monotonic()
 
@@ -74,6 +85,12 @@ class Takeover:
         """Give up on partition ``p`` (the view moved on): its answers are ignored."""
         self.dropped.add(p)
         self.waiting.pop(p, None)
+
+    def _fail(self, p: int, seen: int) -> None:
+        self.waiting.pop(p, None)
+        self.accepted.pop(p, None)
+        if p not in self.dropped:
+            self.on_failed(p, seen)
 
     # ------------------------------------------------------------------ 0. probe
 
@@ -104,39 +121,46 @@ class Takeover:
 
     def _promised(self, member: str, answer: Any) -> None:
         count = sum(len(ts) for ts in self.tasks.values())
-        ok = isinstance(answer, list) and len(answer) == count and all(
-            isinstance(m, list) and len(m) == 3 and all(isinstance(x, int) for x in m)
-            for m in answer)
-        self.answers[member] = answer if ok else None
+        parsed = [Answer.parse(a) for a in answer] if isinstance(answer, list) else []
+        ok = len(parsed) == count and None not in parsed
+        self.answers[member] = parsed if ok else None  # type: ignore[assignment]
         if len(self.answers) < len(self.members):
             return
-        silent = [m for m, a in self.answers.items() if a is None]
-        metas: dict[TaskId, dict[str, list[int]]] = {}
+        answered = [m for m, a in self.answers.items() if a is not None]
         i = 0
         for p in sorted(self.tasks):
             for task in self.tasks[p]:
-                metas[task] = {m: a[i] for m, a in self.answers.items() if a is not None}
+                self.metas[task] = {m: a[i] for m, a in self.answers.items() if a is not None}
                 i += 1
-        self.metas = metas
+        waits: dict[str, list[int]] = {}
         for p in sorted(set(self.tasks) - self.dropped):
-            seen = max((max(m[1], m[2]) for t in self.tasks[p] for m in metas[t].values()),
-                       default=0)
-            if silent or seen > self.epoch:
-                log.info("event=takeover_retry member=%s partition=%d epoch=%d seen=%d "
-                         "silent=%s", self.me, p, self.epoch, seen, ",".join(silent) or "-")
-                self.on_failed(p, seen)
+            seen = max((max(a.epoch, a.promised) for t in self.tasks[p]
+                        for a in self.metas[t].values()), default=0)
+            why = "" if quorate(answered, self.voters) else (
+                f"answers from {','.join(sorted(answered))} are no majority of the voters "
+                f"{','.join(sorted(self.voters))}")
+            if seen > self.epoch:
+                why = f"epoch {seen} promised elsewhere"
+            sources: list[str | None] = []
+            if not why:
+                choices = [choose(self.metas[t], self.me) for t in self.tasks[p]]
+                why = next((c.why for c in choices if c.source is None), "")
+                sources = [c.source for c in choices]
+            if why:
+                waits.setdefault(why, []).append(p)
+                self._fail(p, seen)
             else:
-                self._catch_up(p)
+                self._catch_up(p, sources)
+        for why, parts in waits.items():
+            log.info("event=takeover_wait member=%s epoch=%d partitions=%s reason=%r",
+                     self.me, self.epoch, _ranges(parts), why)
 
     # ------------------------------------------------------------------ 2. catch up
 
-    def _catch_up(self, p: int) -> None:
-        behind = []
-        for task in self.tasks[p]:
-            metas = self.metas[task]
-            best = max(metas, key=lambda m: (position(metas[m]), m == self.me))
-            if position(metas[best]) > position(metas.get(self.me, [0, 0, 0])):
-                behind.append((task, best))
+    def _catch_up(self, p: int, sources: list[str | None]) -> None:
+        behind = [(task, best) for task, best in zip(self.tasks[p], sources)
+                  if best is not None and best != self.me
+                  and self.metas[task][best].position > _position(self.store, task)]
         if not behind:
             self._sync(p)
             return
@@ -156,29 +180,32 @@ class Takeover:
             self.store.restore(task, chunks, epoch=self.epoch)
         except Exception as err:  # noqa: BLE001 - any failure: this round gives up on p
             log.warning("event=catch_up_failed member=%s task=%s error=%r", self.me, task, str(err))
-            del self.waiting[p]
-            self.on_failed(p, self.store.task_meta(task).promised)
+            self._fail(p, self.store.task_meta(task).promised)
             return
+        self._step_done(p, self._sync)
+
+    def _step_done(self, p: int, then: Callable[[int], None]) -> None:
         self.waiting[p] -= 1
         if self.waiting[p] == 0:
             del self.waiting[p]
-            self._sync(p)
+            then(p)
 
     # ------------------------------------------------------------------ 3. sync replicas
 
     def _sync(self, p: int) -> None:
         calls = []
         for task in self.tasks[p]:
-            mine = self.store.task_meta(task)
+            mine = _position(self.store, task)
             for replica in self.sets[p][1:]:
                 theirs = self.metas[task].get(replica)
-                if theirs is None or position(theirs) != position(mine):
-                    calls.append((task, replica, mine.last))
+                if theirs is None or theirs.position != mine:
+                    calls.append((task, replica))
         if not calls:
-            self.on_ready(p)
+            self._seal(p)
             return
         self.waiting[p] = len(calls)
-        for task, replica, last in calls:
+        for task, replica in calls:
+            last = self.store.task_meta(task).last
             chunks = list(self.store.snapshot(task))
             self.call(replica, "restore", {"task": list(task), "epoch": self.epoch,
                                            "chunks": chunks},
@@ -187,13 +214,96 @@ class Takeover:
     def _restored(self, p: int, last: int, answer: Any) -> None:
         if p in self.dropped or p not in self.waiting:
             return
-        if not (isinstance(answer, list) and len(answer) == 2 and answer[0] == last
-                and answer[1] <= self.epoch):
-            del self.waiting[p]
-            seen = answer[1] if isinstance(answer, list) and len(answer) == 2 else 0
-            self.on_failed(p, seen if isinstance(seen, int) else 0)
+        if not _at(answer, last, self.epoch):
+            self._fail(p, _seen(answer))
+            return
+        self._step_done(p, self._seal)
+
+    # ------------------------------------------------------------------ 4. seal
+
+    def _seal(self, p: int) -> None:
+        entries = []
+        try:
+            for task in self.tasks[p]:
+                commit = Commit(task, self.epoch, self.store.task_meta(task).last + 1)
+                self.store.apply(commit)
+                entries.append([task.flow, task.stage, task.partition, commit.to_bytes()])
+        except GossipflowError as err:  # a newer epoch was promised here, or the disk is full
+            log.info("event=seal_failed member=%s partition=%d error=%r", self.me, p, str(err))
+            self._fail(p, max(self.store.task_meta(t).promised for t in self.tasks[p]))
+            return
+        replicas = self.sets[p][1:]
+        if not replicas:
+            self._accept(p)
+            return
+        lasts = [Commit.from_bytes(e[3]).number for e in entries]
+        self.waiting[p] = len(replicas)
+        for replica in replicas:
+            self.call(replica, "commits", entries,
+                      lambda answer, p=p: self._sealed(p, lasts, answer))
+
+    def _sealed(self, p: int, lasts: list[int], answer: Any) -> None:
+        if p in self.dropped or p not in self.waiting:
+            return
+        if not (isinstance(answer, list) and len(answer) == len(lasts)
+                and all(_at(a, last, self.epoch) for a, last in zip(answer, lasts))):
+            self._fail(p, max((_seen(a) for a in answer), default=0)
+                       if isinstance(answer, list) else 0)
+            return
+        self._step_done(p, self._accept)
+
+    # ------------------------------------------------------------------ 5. accept
+
+    def _accept(self, p: int) -> None:
+        self.waiting[p] = len(self.members)
+        self.accepted[p] = set()
+        args = {"tasks": [list(t) for t in self.tasks[p]], "epoch": self.epoch,
+                "members": list(self.sets[p])}
+        for member in self.members:
+            self.call(member, "accept", args,
+                      lambda answer, p=p, member=member: self._accepted(p, member, answer))
+
+    def _accepted(self, p: int, member: str, answer: Any) -> None:
+        if p in self.dropped or p not in self.waiting:
+            return
+        if isinstance(answer, list) and answer and all(a == self.epoch for a in answer):
+            self.accepted[p].add(member)
+        elif isinstance(answer, list) and answer and all(type(a) is int for a in answer):
+            self._fail(p, max(answer))  # a newer epoch was promised there
             return
         self.waiting[p] -= 1
-        if self.waiting[p] == 0:
-            del self.waiting[p]
+        if self.waiting[p]:
+            return
+        del self.waiting[p]
+        if quorate(self.accepted.pop(p), self.voters):
             self.on_ready(p)
+        else:
+            self._fail(p, 0)
+
+
+def _position(store: Store, task: TaskId) -> tuple[int, int]:
+    meta = store.task_meta(task)
+    return meta.epoch, meta.last
+
+
+def _at(answer: Any, last: int, epoch: int) -> bool:
+    """Whether a replica's [last, promised] answer says it holds ``last`` under ``epoch``."""
+    return (isinstance(answer, list) and len(answer) == 2 and answer[0] == last
+            and type(answer[1]) is int and answer[1] <= epoch)
+
+
+def _seen(answer: Any) -> int:
+    """The epoch a refusing [last, promised] answer names (0 if it names none)."""
+    ok = isinstance(answer, list) and len(answer) == 2 and type(answer[1]) is int
+    return answer[1] if ok else 0
+
+
+def _ranges(parts: list[int]) -> str:
+    """Sorted partitions as ranges: [1, 2, 3, 7] -> "1-3,7"."""
+    out: list[str] = []
+    for p in sorted(parts):
+        if out and out[-1].split("-")[-1] == str(p - 1):
+            out[-1] = f"{out[-1].split('-')[0]}-{p}"
+        else:
+            out.append(str(p))
+    return ",".join(out)

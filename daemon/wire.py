@@ -59,7 +59,7 @@ class MessageType(IntEnum):
     API_REQUEST = 8      # client request: {"op": ..., "args": {...}}
     API_REPLY = 9        # response: {"result": ...}
     ERROR = 10           # response: {"error": "..."}: the request was refused
-    FLOW_UPDATE = 11     # request: registry records "fl" and/or task progress "pg"
+    FLOW_UPDATE = 11     # request: registry records "fl", task progress "pg", forgotten "fg"
     DATA = 12            # request: shuffled batches for partition tasks; reply: their marks
     REPLICATE = 13       # request: a replication request "k" with args "a"; reply: its answer
 
@@ -83,12 +83,13 @@ SCHEMAS: dict[MessageType, dict[str, Any]] = {
     MessageType.ACK: {"s": int, "f": Name, "u?": list},
     MessageType.NACK: {"s": int, "f": Name},
     MessageType.GOSSIP: {"f": Name, "u": list},
-    MessageType.PUSH_PULL: {"f": Name, "j": bool, "st": list, "m": dict, "fl?": list},
-    MessageType.PUSH_PULL_REPLY: {"f": Name, "st": list, "fl?": list},
+    MessageType.PUSH_PULL: {"f": Name, "j": bool, "st": list, "m": dict, "fl?": list,
+                           "fg?": list},
+    MessageType.PUSH_PULL_REPLY: {"f": Name, "st": list, "fl?": list, "fg?": list},
     MessageType.API_REQUEST: {"op": str, "args": dict},
     MessageType.API_REPLY: {"result?": object},
     MessageType.ERROR: {"error": str},
-    MessageType.FLOW_UPDATE: {"fl?": list, "pg?": list},
+    MessageType.FLOW_UPDATE: {"fl?": list, "pg?": list, "fg?": list},
     MessageType.DATA: {"b": list},
     MessageType.REPLICATE: {"k": str, "a": object},
 }

@@ -6,7 +6,7 @@ the :class:`~daemon.runtime.Runtime` and owns the store: every user function
 runs there. They talk over a pipe; the parent's side is :class:`WorkerProcess`,
 which the flow service uses as it would use a runtime.
 
-Parent -> child: ``("flow", record)``, ``("view", alive, known, left)``,
+Parent -> child: ``("flow", record)``, ``("view", alive, forgotten)``,
 ``("data", id, entries)``, ``("marks", id, marks)`` (answers to the child's sends),
 ``("called", id, answer)`` (answers to the child's calls), ``("serve", id, (kind,
 args))`` (a peer's replication request), ``("rows", id, args)``.
@@ -102,7 +102,7 @@ class WorkerProcess:
     # ------------------------------------------------------------------ requests
 
     def post(self, kind: str, *args: Any) -> None:
-        """("flow", record), ("view", alive, known, left), ("marks", id, marks) or
+        """("flow", record), ("view", alive, forgotten), ("marks", id, marks) or
         ("called", id, answer)."""
         if kind == "flow":
             self._send(("flow", args[0].to_wire()))

@@ -194,7 +194,7 @@ def test_the_takeover_waits_for_a_member_still_running_the_partition(
         deferred: list[int] = []
         ready: list[int] = []
         Takeover("c", cluster.stores["c"], cluster.call("c"), epoch, {3: list(TASKS)},
-                 {3: ["c", "a"]}, ["a", "b", "c"], ready.append, lambda p, seen: None,
+                 {3: ["c", "a"]}, ["a", "b", "c"], frozenset("abc"), ready.append, lambda p, seen: None,
                  defer_to_running=frozenset({3}), on_deferred=deferred.append).start()
         cluster.clock.advance(10 * TIMEOUT)
         return deferred, ready

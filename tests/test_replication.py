@@ -154,6 +154,13 @@ def data_of(snapshot: dict[str, Any]) -> tuple[dict[str, Any], tuple[int, int]]:
     return rest, snapshot["taskmeta"][:2]
 
 
+def sealed(data: tuple[dict[str, Any], tuple[int, int]], epoch: int
+           ) -> tuple[dict[str, Any], tuple[int, int]]:
+    """``data_of`` a copy after a takeover at ``epoch`` continued from it: the same data
+    and one more (empty) commit at that epoch, the seal."""
+    return data[0], (data[1][0] + 1, epoch)
+
+
 class History:
     """Valid random commits for one task: state puts/deletes, offsets, marks, outbox
     puts with increasing sequences and deletes of pending outbox entries."""
@@ -227,12 +234,14 @@ def ask(cluster: Cluster, src: str, member: str, kind: str, args: Any) -> Any:
 
 def take_over(cluster: Cluster, me: str, epoch: int, tasks: dict[int, list[TaskId]],
               sets: dict[int, list[str]], members: list[str],
-              call: Callable | None = None) -> tuple[list[int], list[tuple[int, int]]]:
-    """Run one Takeover round to its end; returns (partitions ready, (partition, seen) failed)."""
+              call: Callable | None = None, voters: frozenset[str] | None = None
+              ) -> tuple[list[int], list[tuple[int, int]]]:
+    """Run one Takeover round to its end; returns (partitions ready, (partition, seen) failed).
+    The flow's voters are ``members`` unless given."""
     ready: list[int] = []
     failed: list[tuple[int, int]] = []
     Takeover(me, cluster.stores[me], call or cluster.call(me), epoch, tasks, sets, members,
-             ready.append, lambda p, seen: failed.append((p, seen))).start()
+             frozenset(members) if voters is None else voters, ready.append, lambda p, seen: failed.append((p, seen))).start()
     cluster.clock.advance(10 * TIMEOUT)
     return ready, failed
 
@@ -360,30 +369,34 @@ def test_replica_refuses_commits_of_an_older_epoch(make_cluster: Any, how: str) 
     new = epoch_after(old, "c")
     if how == "promise":
         assert ask(cluster, "c", "b", "promise", {"tasks": [list(TASK)], "epoch": new}) \
-            == [[5, old, new]]
+            == [[5, old, new, 0, []]]
+        last, epoch, accepted = 5, old, [0, []]
     else:
         ready, failed = take_over(cluster, "c", new, {0: [TASK]}, {0: ["c", "b"]}, ["b", "c"])
         assert (ready, failed) == ([0], [])
         assert content(cluster.stores["c"], TASK) == content(cluster.stores["b"], TASK)
+        last, epoch, accepted = 6, new, [new, ["c", "b"]]  # sealed at the new epoch
     before = content(cluster.stores["b"], TASK)
-    assert before["taskmeta"] == TaskMeta(5, old, new)
+    assert before["taskmeta"] == TaskMeta(last, epoch, new)
 
     late = entries([(0, c.to_bytes()) for c in commits[5:]])
-    assert ask(cluster, "a", "b", "commits", late) == [[5, new]] * 3
+    assert ask(cluster, "a", "b", "commits", late) == [[last, new]] * 3
     again = entries([(0, commits[4].to_bytes())])
-    assert ask(cluster, "a", "b", "commits", again) == [[5, new]]
+    assert ask(cluster, "a", "b", "commits", again) == [[last, new]]
     restore = {"task": list(TASK), "epoch": old, "chunks": list(cluster.stores["a"].snapshot(TASK))}
-    assert ask(cluster, "a", "b", "restore", restore) == [5, new]
+    assert ask(cluster, "a", "b", "restore", restore) == [last, new]
     assert ask(cluster, "a", "b", "promise", {"tasks": [list(TASK)], "epoch": old}) \
-        == [[5, old, new]]  # a lower promise does not lower ours
+        == [[last, epoch, new, *accepted]]  # a lower promise does not lower ours
+    assert ask(cluster, "a", "b", "accept", {"tasks": [list(TASK)], "epoch": old,
+                                              "members": ["a", "b"]}) == [new]
     assert content(cluster.stores["b"], TASK) == before
     # the old primary's ReplicaLog sees the refusal: nothing past 5 becomes durable
     log = ReplicaLog(["b"], last=5)
     for c in commits[5:]:
         log.add(c.number, c.to_bytes())
     last, promised = ask(cluster, "a", "b", "commits", entries(log.take("b")))[-1]
-    log.on_reply("b", last)
-    assert promised > old and log.durable == 5
+    assert promised > old  # the runtime steps the task down on this answer
+    assert last == before["taskmeta"].last and log.durable == 5
 
 
 X, Y = "10.0.1.18:7400", "10.0.1.96:7400"
@@ -400,12 +413,13 @@ def test_two_members_never_take_over_at_the_same_epoch(make_cluster: Any) -> Non
     ready_x, _ = take_over(cluster, X, ex, {0: [TASK]}, {0: [X, "r"]}, [X, Y, "r"])
     ready_y, _ = take_over(cluster, Y, ey, {0: [TASK]}, {0: [Y, "r"]}, [X, Y, "r"])
     assert ex != ey and ready_x and ready_y  # both rounds ran; the later promise stands
-    mine = Commit(TASK, ex, 1, state_puts={b"who": b"x"})
-    theirs = Commit(TASK, ey, 1, state_puts={b"who": b"y"})
+    nx, ny = (cluster.stores[m].task_meta(TASK).last + 1 for m in (X, Y))
+    mine = Commit(TASK, ex, nx, state_puts={b"who": b"x"})
+    theirs = Commit(TASK, ey, ny, state_puts={b"who": b"y"})
     ax = ask(cluster, X, "r", "commits", entries([(1, mine.to_bytes())]))
     ay = ask(cluster, Y, "r", "commits", entries([(1, theirs.to_bytes())]))
     winner, loser = (ay, ax) if ey > ex else (ax, ay)
-    assert winner == [[1, max(ex, ey)]] and loser[0][1] == max(ex, ey)
+    assert winner == [[max(nx, ny), max(ex, ey)]] and loser[0][1] == max(ex, ey)
     assert loser[0][1] > min(ex, ey)  # the loser sees a newer epoch: it steps down
     assert cluster.stores["r"].get_state(TASK, b"who") == (b"y" if ey > ex else b"x")
 
@@ -442,7 +456,7 @@ def test_takeover_continues_from_the_most_advanced_copy(
     for t in tasks:
         for m in ("b", "c"):
             got = content(cluster.stores[m], t)
-            assert data_of(got) == expected[t], (t, m)
+            assert data_of(got) == sealed(expected[t], new), (t, m)
             assert got["taskmeta"].promised == new
 
     cluster.start("a")  # a comes back with its store and commits 12 at its old epoch
@@ -461,9 +475,9 @@ def test_takeover_continues_from_the_most_advanced_copy(
     assert content(cluster.stores["b"], t) == content(cluster.stores["c"], t)
 
 
-def test_takeover_fails_while_a_member_is_silent(make_cluster: Any) -> None:
-    """A live member that does not answer the promise ends the round for every
-    partition; nothing is restored anywhere."""
+def test_takeover_fails_without_a_majority_of_the_voters(make_cluster: Any) -> None:
+    """With voters b and c, c alone (b does not answer) is no majority: the round ends
+    for every partition; nothing is restored anywhere."""
     cluster = make_cluster(["b", "c"])
     old = epoch_after(0, "a")
     cluster.stores["b"].apply_many(History(TASK, random.Random(2)).commits(5, old))
@@ -515,7 +529,7 @@ def test_replica_restarting_during_restore_fails_the_round_then_a_later_round_sy
     assert (ready, failed) == ([0], [])
     c_copy, d_copy = content(cluster.stores["c"], TASK), content(cluster.stores["d"], TASK)
     assert c_copy == d_copy
-    assert c_copy["taskmeta"] == TaskMeta(12, old, second)
+    assert c_copy["taskmeta"] == TaskMeta(13, second, second)  # sealed
 
 
 @pytest.mark.parametrize("cut", ["no end", "middle chunk lost", "header only", "nothing",
@@ -585,7 +599,7 @@ def test_takeover_of_many_tasks_levels_every_replica(make_cluster: Any, seed: in
                 got = content(cluster.stores[m], t)
                 assert got["taskmeta"].promised == new, (m, t)
                 if m in sets[p]:
-                    assert data_of(got) == expected, (m, t)
+                    assert data_of(got) == sealed(expected, new), (m, t)
                     restores += data_of(before[m, t]) != expected
                 else:  # not in the set: only the promise changed
                     assert data_of(got) == data_of(before[m, t]), (m, t)

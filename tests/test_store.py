@@ -26,7 +26,7 @@ from daemon.errors import (
     StoreError,
     StoreFullError,
 )
-from daemon.store import Commit, Store, TaskId, TaskMeta
+from daemon.store import FORMAT, Commit, Store, TaskId, TaskMeta
 
 T = TaskId("wordcount", 1, 3)
 OTHER = TaskId("wordcount", 1, 4)
@@ -218,7 +218,7 @@ def test_snapshot_restore_and_drop(tmp_path: Path) -> None:
         assert len(chunks) > 5
         with pytest.raises(StoreError, match="incomplete"):
             b.restore(T, chunks[:-1])
-        with pytest.raises(StoreError, match="not a format-1 snapshot of task"):
+        with pytest.raises(StoreError, match=f"not a format-{FORMAT} snapshot of task"):
             b.restore(OTHER, chunks)
         assert b.load_state(T) == {b"stale": b"1"}
         b.restore(T, iter(chunks))
