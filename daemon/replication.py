@@ -167,6 +167,11 @@ class ReplicaLog:
         self.sent[member] = max(self.sent[member], self.acked[member])
         self._prune()
 
+    def lost(self, member: str, last: int) -> bool:
+        """Whether ``member`` answered a position behind what it acknowledged: it lost
+        commits (a wiped store, a power loss) and only a snapshot brings it back."""
+        return member in self.acked and member not in self.copying and last < self.acked[member]
+
     def _prune(self) -> None:
         """Forget commits every replica and learner holds."""
         everywhere = min(self.acked.values(), default=self.last)

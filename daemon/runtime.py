@@ -577,7 +577,7 @@ class Runtime:
                 log.info("event=stale_epoch member=%s task=%s replica=%s epoch=%d promised=%d",
                          self.me, task.id, member, task.epoch, got[1])
                 self._deactivate(self.flows[task.id.flow], task.partition, "stale")
-            elif got[0] < task.log.acked.get(member, 0):
+            elif task.log.lost(member, got[0]):
                 # it lost commits it had acknowledged (a wiped store, a power loss): only a
                 # snapshot brings it back, and the takeover that follows sends one
                 log.warning("event=replica_lost_data member=%s task=%s replica=%s last=%d "
