@@ -255,3 +255,28 @@ def test_an_isolated_primary_stops_and_its_partitions_move_without_double_counti
     cluster.request(others[0], "cancel", args={"name": "forever"})
     wait_for(lambda: flow_record(cluster, victim, "forever")["status"] == "cancelled", 10)
     check_strides(dict(cluster.request(victim, "query", timeout=10.0, args={"name": "forever"})))
+
+
+def test_two_daemons_that_lose_one_carry_on_once_it_is_forgotten(
+        cluster: Cluster, tmp_path: Path) -> None:
+    """n0 and n1 (R=2) run a word count; n1 is killed for good. n0 alone is no majority
+    of the flow's voters {n0, n1}, so it runs nothing (it cannot tell a dead n1 from a
+    cut-off one). ``gossipflow forget n1`` removes n1's vote: n0 takes every partition
+    over and the flow completes with the exact result. Forgetting a live member or the
+    member asked is refused."""
+    two = ["n0", "n1"]
+    cluster.start_many(two, replicas=2)
+    refused = cli("forget", "n1", "--node", cluster["n0"].address)
+    assert refused.returncode != 0 and "n1 is alive" in refused.stderr, refused.stderr
+    refused = cli("forget", "n0", "--node", cluster["n0"].address)
+    assert refused.returncode != 0 and "member you asked" in refused.stderr, refused.stderr
+    assert submit(cluster, "n0", write(tmp_path, "wc.py", WORDCOUNT)).returncode == 0
+    wait_for(lambda: processing(cluster, "n1"), 30, message="n1 is processing")
+    cluster.kill("n1", signal.SIGKILL)
+    assert cluster.wait_exit("n1") == -signal.SIGKILL
+    wait_for(lambda: cluster.statuses("n0")["n1"] == "dead", 10, message="n1 is seen dead")
+    wait_for(lambda: not running(cluster, "n0"), 10, message="n0 alone runs nothing")
+    assert flow_record(cluster, "n0", "wordcount")["status"] == "running"
+    forgot = cli("forget", "n1", "--node", cluster["n0"].address)
+    assert forgot.returncode == 0 and forgot.stdout.strip() == "forgotten: n1", forgot.stderr
+    finish_and_check(cluster, ["n0"])
