@@ -234,7 +234,7 @@ def submit(ask: Callable[..., Any], as_json: bool, flow_file: str, replace: bool
         if as_json:
             _print_json(result)
         else:
-            verb = "submitted" if result["created"] else "already registered (same text)"
+            verb = "submitted" if result["created"] else "already running (same text)"
             click.echo(f"flow {record['name']} version {record['version']}: {verb}")
         return
     while record["status"] == "running":

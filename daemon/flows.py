@@ -185,9 +185,9 @@ class FlowService:
             if known.issuperset(done):
                 continue
             known.update(done)
-            name, _, version = fid.rpartition("@")
+            name = fid.rpartition("@")[0]
             record = self.registry.flows.get(name)
-            if (len(known) >= total and record is not None and record.version == version
+            if (len(known) >= total and record is not None and flow_id(record) == fid
                     and record.status == "running"):
                 log.info("event=flow_completed member=%s flow=%s", self.node.name, fid)
                 self.set_status(name, "completed")
@@ -275,8 +275,7 @@ class FlowService:
 
     def _fail(self, record: FlowRecord, error: str) -> None:
         current = self.registry.flows.get(record.name)
-        if current is not None and current.version == record.version \
-                and current.status == "running":
+        if current is not None and current.run == record.run and current.status == "running":
             self.set_status(record.name, "failed", error)
 
     # ------------------------------------------------------------------ queries

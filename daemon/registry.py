@@ -1,7 +1,8 @@
 """The cluster-wide flow registry: a small replicated map, last writer wins.
 
 Each flow is one :class:`FlowRecord` (name, version = xxh64 of the text, the
-text itself, status). Every change takes a Lamport stamp ``(clock, origin)``:
+text itself, status, and the run: which submission it is; every submission
+is a new run, with state and progress of its own). Every change takes a Lamport stamp ``(clock, origin)``:
 the clock is one more than any clock this member has seen, ties broken by
 the origin member's name, so every member that has seen the same records
 holds the same registry whatever order they arrived in. Records travel in
@@ -54,6 +55,9 @@ class FlowRecord:
     """Wall-clock time of submission (display only; ordering uses the clock)."""
     members: list
     """Names of the members the flow's partitions are placed over (alive at submission)."""
+    run: str = ""
+    """This submission: the version and the stamp it was submitted with (a text submitted
+    again is a new run, with state and progress of its own)."""
 
     @property
     def stamp(self) -> tuple[int, str]:
@@ -137,21 +141,23 @@ class Registry:
     def submit(self, name: str, text: str, path: str, base_dir: str, members: list[str],
                replace: bool = False) -> tuple[FlowRecord, bool]:
         """Register a flow placed over ``members``; ``(record, created)``. The same text
-        again is a no-op.
+        while it runs is a no-op; once it stopped, it runs again as a new run.
 
         Raises:
             FlowExistsError: another text runs under that name and ``replace`` is False.
         """
         version = flow_version(text)
         current = self.flows.get(name)
-        if current is not None and current.version == version:
+        if current is not None and current.version == version and current.status == "running":
             return current, False
-        if current is not None and not replace:
+        if current is not None and current.version != version and not replace:
             raise FlowExistsError(
                 f"flow {name!r} exists with another text (version {current.version}, "
                 f"{current.status}); submit with --replace to run the new text instead")
         record = self._stamp(FlowRecord(name, version, text, path, base_dir, "running", "",
                                         0, "", time.time(), sorted(members)))
+        origin = xxhash.xxh32_hexdigest(self.member.encode())
+        record = FlowRecord(**{**asdict(record), "run": f"{version}.{record.clock}.{origin}"})
         self.merge(record)
         return record, True
 

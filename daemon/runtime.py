@@ -69,8 +69,8 @@ gives up copying sooner, see handover.TIMEOUT); then we take it over regardless.
 
 
 def flow_id(record: FlowRecord) -> str:
-    """Tasks and their stored data are per version: a replaced flow starts afresh."""
-    return f"{record.name}@{record.version}"
+    """Tasks and their stored data are per run: a replaced or rerun flow starts afresh."""
+    return f"{record.name}@{record.run}"
 
 
 @dataclass

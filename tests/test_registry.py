@@ -20,6 +20,22 @@ def test_same_text_again_is_a_no_op():
     assert first.version == flow_version("text") and len(first.version) == 16
 
 
+def test_every_submission_after_a_run_stopped_is_a_new_run():
+    """A, then B (replace), then A again: three runs with three flow ids, none reusing
+    another's state or progress; the same text after it completed runs again too."""
+    from daemon.runtime import flow_id
+    registry = Registry("n1")
+    a1, _ = registry.submit("wc", "A", "/p", "/d", ["n1"])
+    b, _ = registry.submit("wc", "B", "/p", "/d", ["n1"], replace=True)
+    a2, created = registry.submit("wc", "A", "/p", "/d", ["n1"], replace=True)
+    assert created and a2.version == a1.version
+    assert len({flow_id(a1), flow_id(b), flow_id(a2)}) == 3
+    registry.set_status("wc", "completed")
+    a3, created = registry.submit("wc", "A", "/p", "/d", ["n1"])
+    assert created and a3.status == "running" and flow_id(a3) != flow_id(a2)
+    assert all(flow_id(r).startswith("wc@") for r in (a1, b, a2, a3))
+
+
 def test_changed_text_is_refused_unless_replace():
     registry = Registry("n1")
     old, _ = registry.submit("wc", "one", "/a/wc.py", "/a", ["n1"])
