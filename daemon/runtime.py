@@ -24,6 +24,7 @@ replica set, whatever the views say.
 
 from __future__ import annotations
 
+import errno
 import gc
 import logging
 import queue
@@ -34,7 +35,7 @@ from typing import Any, Callable
 from nodes import FlowError, load_flow
 from nodes.plan import plan as make_plan
 
-from .errors import GossipflowError, StaleCommitError
+from .errors import GossipflowError, StaleCommitError, StoreFullError
 from .handover import Handover
 from .ownership import quorate, voters
 from .placement import place
@@ -61,6 +62,8 @@ STEP_BUDGET = 0.05
 """Seconds of task steps between two looks at what arrived (views, acks, answers)."""
 RETRY_TAKEOVER = 0.3
 """Seconds before a failed takeover of a partition is tried again."""
+DISK_FULL_RETRY = 1.0
+"""Seconds a partition whose commit found the disk full pauses before it tries again."""
 HANDOVER_POLL = 0.1
 """Seconds between asking whether the member handing a partition to us has stepped down."""
 WAIT_FOR_HANDOVER = 30.0
@@ -484,7 +487,18 @@ class Runtime:
         except FlowError as err:
             self._fail(running, f"stage {task.stage.name!r} partition {task.partition}: {err}")
             return
-        except GossipflowError as err:  # e.g. the store is full
+        except (StoreFullError, OSError) as err:
+            if isinstance(err, OSError) and err.errno not in (errno.ENOSPC, errno.EDQUOT):
+                self._fail(running, f"partition {task.partition}: {err}")
+                return
+            # the commit was aborted and the store is intact: pause the partition (the
+            # step's memory is past its store, so its tasks start again from the store)
+            log.error("event=disk_full member=%s task=%s retry_in=%.1f error=%r", self.me,
+                      task.id, DISK_FULL_RETRY, str(err))
+            self._deactivate(running, task.partition, "disk full")
+            running.retry_at[task.partition] = time.monotonic() + DISK_FULL_RETRY
+            return
+        except GossipflowError as err:
             self._fail(running, f"partition {task.partition}: {err}")
             return
         if task.log.commits:

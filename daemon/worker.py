@@ -47,6 +47,9 @@ STATUS_EVERY = 0.3
 """Seconds between the child's reports of its per-stage figures."""
 STORE_OPEN_WAIT = 10.0
 """Seconds to wait for the store lock a previous life's worker may still hold."""
+WORKER_NICENESS = 10
+"""How much lower the runtime process's scheduling priority is than the daemon's (the
+parent's event loop answers probes; user code runs here)."""
 
 
 class WorkerProcess:
@@ -169,6 +172,9 @@ def worker_main(conn: Connection, name: str, partitions: int, replicas: int,
     logging.basicConfig(level=log_level, format="%(asctime)s level=%(levelname)s %(message)s")
     # Collect garbage rarely: full collections over a flow's state cost tens of ms each.
     gc.set_threshold(50_000, 50, 100)
+    # User code yields the CPU to the event loop that answers probes (issue 15): with more
+    # busy processes than cores, a probe's ack must not wait behind a batch.
+    os.nice(WORKER_NICENESS)
     lock = threading.Lock()
 
     def send(message: tuple) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import signal
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -280,3 +281,43 @@ def test_two_daemons_that_lose_one_carry_on_once_it_is_forgotten(
     forgot = cli("forget", "n1", "--node", cluster["n0"].address)
     assert forgot.returncode == 0 and forgot.stdout.strip() == "forgotten: n1", forgot.stderr
     finish_and_check(cluster, ["n0"])
+
+
+MANY_KEYS = 200_000
+FILL = f"""
+from nodes import Flow, sources, sinks
+flow = Flow("fill")
+(flow.source(sources.generate({MANY_KEYS}, lambda i: i))
+     .key_by(lambda i: "key-%07d" % i)
+     .count()
+     .sink(sinks.table()))
+"""
+
+
+def test_a_full_disk_pauses_the_flow_until_space_is_freed(cluster: Cluster,
+                                                         tmp_path: Path) -> None:
+    """One daemon whose data dir is a 48 MiB tmpfs, most of it taken by a filler file:
+    a flow that writes more than is left finds the disk full. It pauses (its commits
+    abort, the store stays intact, the flow stays running) and resumes once the filler
+    is deleted; the result is exact."""
+    mount = tmp_path / "n0"
+    mount.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48m", "tmpfs", str(mount)],
+                             check=False, capture_output=True, text=True)
+    assert mounted.returncode == 0, f"mounting a tmpfs needs root: {mounted.stderr}"
+    try:
+        filler = mount / "filler"
+        filler.write_bytes(b"\0" * (40 << 20))
+        cluster.start_many(["n0"], replicas=1, partitions=8)
+        assert submit(cluster, "n0", write(tmp_path, "fill.py", FILL)).returncode == 0
+        wait_for(lambda: "event=disk_full" in cluster["n0"].log(), 120, interval=0.2,
+                 message="the flow finds the disk full")
+        assert flow_record(cluster, "n0", "fill")["status"] == "running"
+        filler.unlink()
+        wait_for(lambda: flow_record(cluster, "n0", "fill")["status"] == "completed", 120,
+                 interval=0.5, message="the flow resumes and completes once space is free")
+        rows = table(cluster, "n0", "fill")
+        assert rows == {"key-%07d" % i: 1 for i in range(MANY_KEYS)}
+    finally:
+        cluster.close()
+        subprocess.run(["umount", "-l", str(mount)], check=False)
