@@ -13,6 +13,7 @@
     ├── ClientError                 a client request that failed
     │   ├── NodeUnreachableError    no answer from the daemon in time
     │   └── RequestRefusedError     the daemon answered with an error
+    ├── NotVotingError              a member that lost its votes has not recovered them yet
     └── StoreError                  the LMDB store cannot be opened, read or written
         ├── StoreFullError          disk or map full: the commit was aborted, the store is intact
         ├── InvalidCommitError      a malformed commit (reused outbox sequence, bad id or key)
@@ -75,6 +76,11 @@ class NodeUnreachableError(ClientError):
 
 class RequestRefusedError(ClientError):
     """The daemon answered with an error."""
+
+
+class NotVotingError(GossipflowError):
+    """A member that lost its store (its promises and accepted replica sets) refuses to
+    promise or accept for a flow until it has recovered them from the other voters."""
 
 
 class StoreError(GossipflowError):

@@ -47,7 +47,7 @@ from typing import Any, Callable, Iterable
 
 import xxhash
 
-from .errors import StaleCommitError
+from .errors import NotVotingError, StaleCommitError
 from .store import Commit, Store, TaskId, TaskMeta
 
 ROUND_SHIFT = 32
@@ -193,14 +193,25 @@ class ReplicaLog:
 class ReplicaServer:
     """A member's store answering replication requests (thread-safe, as the store is)."""
 
-    def __init__(self, store: Store, running: Callable[[TaskId], bool] = lambda task: False
-                 ) -> None:
+    def __init__(self, store: Store, running: Callable[[TaskId], bool] = lambda task: False,
+                 votes: Callable[[str], bool] = lambda flow: True) -> None:
         self.store = store
         self.running = running
         """Whether a task runs on this member (its primary here): for ``probe``."""
+        self.votes = votes
+        """Whether this member's promises and accepts count for a flow: not while it
+        recovers the votes its lost store held (:mod:`daemon.recovery`)."""
 
     def handle(self, kind: str, args: Any) -> Any:
-        """Dispatch one request. Raises StoreError (e.g. full) and ValueError (malformed)."""
+        """Dispatch one request. Raises StoreError (e.g. full), ValueError (malformed) and
+        NotVotingError (a promise, accept or votes request while we recover ours)."""
+        if kind in ("promise", "accept", "votes"):
+            for flow in {str(t[0]) for t in args["tasks"]}:
+                if not self.votes(flow):
+                    raise NotVotingError(f"this member lost its votes for flow {flow} with "
+                                         "its store and has not recovered them yet")
+        if kind == "votes":
+            return self.votes_of([TaskId(*t) for t in args["tasks"]])
         if kind == "promise":
             return self.promise([TaskId(*t) for t in args["tasks"]], int(args["epoch"]))
         if kind == "probe":
@@ -224,6 +235,14 @@ class ReplicaServer:
             self.store.set_promise(task, epoch)
             accepted = self.store.accepted(task)
             out.append([*self.store.task_meta(task), accepted.epoch, list(accepted.members)])
+        return out
+
+    def votes_of(self, tasks: list[TaskId]) -> list[list]:
+        """Per task [highest epoch promised or seen, accepted epoch, accepted members]."""
+        out = []
+        for task in tasks:
+            meta, accepted = self.store.task_meta(task), self.store.accepted(task)
+            out.append([max(meta.epoch, meta.promised), accepted.epoch, list(accepted.members)])
         return out
 
     def accept(self, tasks: list[TaskId], epoch: int, members: list[str]) -> list[int]:

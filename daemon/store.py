@@ -262,6 +262,8 @@ class Store:
                 env.close()
             raise StoreError(f"{self.path}: not a usable gossipflow store ({err}); "
                              "use an empty directory or one written by gossipflow") from err
+        self.created = fresh
+        """Whether this open created the store (a first start, or a wiped data dir)."""
         self._env, self._task_dbs, self._accepted, self._meta = env, dbs[:-2], dbs[-2], dbs[-1]
         self._state, self._offsets, self._marks, self._outbox, self._seqs, self._tmeta = dbs[:-2]
 
@@ -470,6 +472,21 @@ class Store:
             return epoch
 
         return self._write(write)
+
+    def recover_vote(self, task: TaskId, accepted: Accepted, promise: int) -> None:
+        """Takes the newest accepted set the other voters hold and promises at least
+        ``promise``: a member whose store was lost recovering its vote. Neither ever
+        goes down."""
+        p, value = task_prefix(task), msgpack.packb([accepted.epoch, list(accepted.members)])
+
+        def write(txn: lmdb.Transaction) -> None:
+            if accepted.epoch > self._accepted_in(txn, p).epoch:
+                txn.put(p, value, db=self._accepted)
+            raw = txn.get(p, db=self._tmeta)
+            last, ep, promised = _META.unpack(raw) if raw else (0, 0, 0)
+            txn.put(p, _META.pack(last, ep, max(promised, promise)), db=self._tmeta)
+
+        self._write(write)
 
     def accepted(self, task: TaskId) -> Accepted:
         """Returns the replica set this member last accepted for the task, and its epoch."""

@@ -293,3 +293,64 @@ def test_a_wiped_copy_is_never_taken_over_from(make_cluster: Any, tmp_path: Any)
     assert (ready, failed) == ([0], [])
     for m in ("b", "c"):
         assert data_of(content(cluster.stores[m], t))[0] == expected[0]
+
+
+def test_a_voter_that_lost_its_store_recovers_its_votes_before_voting(
+        make_cluster: Any, tmp_path: Any) -> None:
+    """a takes partition 0 over with set [a, b], accepted by a, b and c only (d and e
+    were cut off); c's store is then wiped. Voting at once, c would answer "no set
+    accepted", and d with view {c, d, e} would start the partition afresh beside a's
+    history. Instead c refuses to vote until it has recovered its votes from ceil(5/2)
+    other voters: with only d and e it cannot; with a, d and e it takes the accepted
+    set [a, b] and a promise far above every epoch seen. Then d's round, with a and b
+    cut off, waits."""
+    from daemon.recovery import Recovery, bumped
+    from daemon.replication import ReplicaServer
+
+    cluster = make_cluster(FIVE, seed=16)
+    t = TASKS[0]
+    e1 = epoch_for(cluster, "a", [t])
+    ready, _ = take_over(cluster, "a", e1, {0: [t]}, {0: ["a", "b"]}, ["a", "b", "c"],
+                         voters=frozenset(FIVE))
+    assert ready == [0]
+    history = History(t, random.Random(8))
+    history.number = cluster.stores["a"].task_meta(t).last
+    ship(cluster, "a", ["b"], history.commits(4, e1))
+
+    cluster.endpoints["c"].close()
+    cluster.stores["c"].close()
+    shutil.rmtree(tmp_path / "c")
+    store = cluster.open_store("c")
+    assert store.created
+    recovered: list[bool] = []
+    cluster.servers["c"] = ReplicaServer(store, votes=lambda flow: bool(recovered))
+    cluster.start("c")
+    assert ask(cluster, "d", "c", "promise", {"tasks": [list(t)], "epoch": e1 + 1}) is None
+
+    for m in ("a", "b"):
+        cluster.endpoints[m].close()  # the cut moves: a and b away
+    ready, failed = take_over(cluster, "d", epoch_for(cluster, "d", [t]), {0: [t]},
+                              {0: ["d", "e"]}, ["c", "d", "e"], voters=frozenset(FIVE))
+    assert ready == [] and failed  # d and e alone are no majority; c does not vote
+
+    done: list[bool] = []
+    Recovery("c", store, cluster.call("c"), [t], ["c", "d", "e"], frozenset(FIVE),
+             done.append).start()
+    cluster.clock.advance(10 * TIMEOUT)
+    assert done == [False]  # two of the four others: a majority that accepted may hide
+
+    cluster.start("a")
+    Recovery("c", store, cluster.call("c"), [t], ["a", "c", "d", "e"], frozenset(FIVE),
+             done.append).start()
+    cluster.clock.advance(10 * TIMEOUT)
+    assert done == [False, True]
+    seen = max(max(m.epoch, m.promised) for m in (cluster.stores[n].task_meta(t) for n in FIVE
+                                                  if n != "c"))
+    assert store.accepted(t) == (e1, ("a", "b")) and store.task_meta(t).promised == bumped(seen)
+    recovered.append(True)
+
+    cluster.endpoints["a"].close()
+    ready, failed = take_over(cluster, "d", epoch_after(bumped(seen), "d"), {0: [t]},
+                              {0: ["d", "e"]}, ["c", "d", "e"], voters=frozenset(FIVE))
+    assert ready == [] and failed  # c's recovered vote names [a, b]: the partition waits
+    assert cluster.stores["d"].task_meta(t).last == 0
