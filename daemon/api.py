@@ -100,6 +100,11 @@ def rows(node: "Node", args: dict[str, Any], respond: Respond) -> None:
                                                         {"result": result}))
 
 
+def usage(node: "Node", args: dict[str, Any], respond: Respond) -> None:
+    """What this member's store holds, per flow: tasks with data and their bytes."""
+    node.flows.runtime.usage(lambda result: respond(MessageType.API_REPLY, {"result": result}))
+
+
 def local_progress(node: "Node", args: dict[str, Any]) -> dict[str, Any]:
     """This member's per-stage figures for a flow version (asked by other members)."""
     return node.flows.runtime.status().get(_arg(args, "flow", str), {})
@@ -189,7 +194,8 @@ OPS: dict[str, Callable[["Node", dict[str, Any]], Any]] = {
     "local_progress": local_progress, "published": published, "faults": faults,
 }
 DEFERRED_OPS: dict[str, Callable[["Node", dict[str, Any], Respond], None]] = {
-    "query": query, "progress": progress, "tail": tail, "rows": rows, "ring": ring}
+    "query": query, "progress": progress, "tail": tail, "rows": rows, "ring": ring,
+    "usage": usage}
 
 
 def handle(node: "Node", op: str, args: dict[str, Any], respond: Respond) -> None:

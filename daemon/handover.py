@@ -6,7 +6,7 @@ copy. Rather than stop the partition while they fetch it, the running primary
 copies it to them in the background, as *learners*:
 
 1. per task, a snapshot of its store at its last commit is restored on each
-   learner (the ``restore`` request, at the primary's epoch), and the commits
+   learner (chunk by chunk, :mod:`daemon.transfer`, at the primary's epoch), and the commits
    that follow go to it as to a replica (:class:`~daemon.replication.ReplicaLog`
    learners), without counting towards durability: the flow keeps running;
 2. once every learner is within ``LAG`` commits of the last one, the tasks
@@ -31,6 +31,7 @@ from typing import Any, Callable
 from .replication import WINDOW
 from .store import Store
 from .task import PartitionTask
+from .transfer import Push
 
 log = logging.getLogger("gossipflow.handover")
 
@@ -109,14 +110,13 @@ class Handover:
     def _copy(self, task: PartitionTask, learners: tuple[str, ...] | list[str]) -> None:
         """Send ``learners`` one snapshot of ``task`` at its last commit; commits follow."""
         last = task.number
-        args = {"task": list(task.id), "epoch": task.epoch,
-                "chunks": list(self.store.snapshot(task.id))}
+        chunks = list(self.store.snapshot(task.id))
         for learner in learners:
             task.log.drop_learner(learner)
             task.log.add_learner(learner, last)
             self.copies += 1
-            self.call(learner, "restore", args,
-                      lambda answer, learner=learner: self._copied(task, learner, last, answer))
+            Push(self.call, learner, task.id, task.epoch, chunks,
+                 lambda answer, learner=learner: self._copied(task, learner, last, answer)).start()
 
     def _copied(self, task: PartitionTask, learner: str, last: int, answer: Any) -> None:
         if self.cancelled or learner not in task.log.copying or task.log.acked[learner] != last:

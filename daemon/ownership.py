@@ -102,7 +102,7 @@ class Choice(NamedTuple):
 def choose(answers: Mapping[str, Answer], me: str) -> Choice:
     """The copy a new primary continues from, by rule 2 of the module docstring.
 
-    >>> a = {"a": Answer(3, 5, 9, 0, ()), "d": Answer(9, 7, 9, 7, ("d", "e"))}
+    >>> a = {"a": Answer(3, 5, 9, 0, ()), "c": Answer(0, 0, 9, 7, ("d", "e"))}
     >>> choose(a, "a").why
     'no member of the last replica set d,e answered with its copy'
     >>> choose({**a, "e": Answer(10, 7, 9, 7, ("d", "e"))}, "a").source

@@ -10,9 +10,10 @@ pipelined: the task goes on committing while earlier commits travel.
 
 :class:`ReplicaServer` answers the requests a primary (or a member taking
 over) makes of the members' stores: ``probe``, ``promise``, ``commits``,
-``snapshot``, ``restore`` and ``accept``. Every answer carries the task's position so the
-asker can tell a gap (resend from there), a refusal (a newer epoch exists:
-step down) and success apart.
+``snapshot_part``, ``restore_part`` (:mod:`daemon.transfer`), ``accept`` and
+``votes``. Every answer carries the task's position so the asker can tell a
+gap (resend from there), a refusal (a newer epoch exists: step down) and
+success apart.
 
 Epochs are unique per proposer: the round in the high bits, a 32-bit hash of
 the member's name in the low bits, so two members taking over in the same
@@ -42,6 +43,8 @@ Why nothing is counted twice (whatever the views):
 
 from __future__ import annotations
 
+import threading
+import time
 from collections import deque
 from typing import Any, Callable, Iterable
 
@@ -54,6 +57,17 @@ ROUND_SHIFT = 32
 """Epoch = round << ROUND_SHIFT | hash of the proposer's name (low bits)."""
 WINDOW = 16
 """Commits in flight to one replica for one task."""
+
+
+STAGED_FOR = 60.0
+"""Seconds a transfer's chunks are kept after its last request (a sender that gave up)."""
+
+
+def _expire(transfers: dict[str, Any]) -> None:
+    """Forget transfers not touched for STAGED_FOR seconds (the last item is when)."""
+    now = time.monotonic()
+    for xfer in [x for x, entry in transfers.items() if now - entry[-1] > STAGED_FOR]:
+        del transfers[xfer]
 
 
 def epoch_after(seen: int, member: str) -> int:
@@ -201,6 +215,11 @@ class ReplicaServer:
         self.votes = votes
         """Whether this member's promises and accepts count for a flow: not while it
         recovers the votes its lost store held (:mod:`daemon.recovery`)."""
+        self._lock = threading.Lock()
+        self._staged: dict[str, tuple[TaskId, list[bytes], float]] = {}
+        """Chunks of snapshots being pushed to us, per transfer: task, chunks, last seen."""
+        self._serving: dict[str, tuple[list[bytes], float]] = {}
+        """Snapshots being pulled from us, per transfer: chunks, last asked."""
 
     def handle(self, kind: str, args: Any) -> Any:
         """Dispatch one request. Raises StoreError (e.g. full), ValueError (malformed) and
@@ -218,8 +237,13 @@ class ReplicaServer:
             return self.probe([TaskId(*t) for t in args["tasks"]])
         if kind == "commits":
             return self.commits(args)
-        if kind == "snapshot":
-            return list(self.store.snapshot(TaskId(*args["task"])))
+        if kind == "snapshot_part":
+            return self.snapshot_part(TaskId(*args["task"]), str(args["xfer"]),
+                                      int(args["index"]))
+        if kind == "restore_part":
+            return self.restore_part(TaskId(*args["task"]), int(args["epoch"]),
+                                     str(args["xfer"]), int(args["index"]), int(args["count"]),
+                                     args["chunk"])
         if kind == "restore":
             return self.restore(TaskId(*args["task"]), int(args["epoch"]), args["chunks"])
         if kind == "accept":
@@ -268,6 +292,41 @@ class ReplicaServer:
         metas = {c.task: self.store.task_meta(c.task) for c in commits}
         return [[metas[c.task].last, max(metas[c.task].epoch, metas[c.task].promised)]
                 for c in commits]
+
+    def snapshot_part(self, task: TaskId, xfer: str, index: int) -> dict[str, Any]:
+        """Chunk ``index`` of our snapshot of ``task``, read once per transfer."""
+        with self._lock:
+            _expire(self._serving)
+            chunks = self._serving.get(xfer, ([], 0.0))[0] if index else []
+            if not chunks:
+                chunks = list(self.store.snapshot(task))
+            if index >= len(chunks):
+                raise ValueError(f"snapshot of {task} has {len(chunks)} chunks, not {index + 1}")
+            if index + 1 < len(chunks):
+                self._serving[xfer] = (chunks, time.monotonic())
+            else:
+                self._serving.pop(xfer, None)
+        return {"count": len(chunks), "chunk": chunks[index]}
+
+    def restore_part(self, task: TaskId, epoch: int, xfer: str, index: int, count: int,
+                     chunk: bytes) -> dict[str, int] | list[int]:
+        """Stage chunk ``index`` of ``count``; with the last, restore them all as
+        :meth:`restore` does and answer as it does. Else answer {"next": chunk wanted}."""
+        with self._lock:
+            _expire(self._staged)
+            staged = self._staged.get(xfer)
+            if staged is None or staged[0] != task:
+                if index:
+                    return {"next": 0}  # we lost the first chunks (expired, restarted)
+                staged = (task, [], 0.0)
+            chunks = staged[1]
+            if index == len(chunks):
+                chunks.append(chunk)
+            if len(chunks) < count:
+                self._staged[xfer] = (task, chunks, time.monotonic())
+                return {"next": len(chunks)}
+            self._staged.pop(xfer, None)
+        return self.restore(task, epoch, chunks)
 
     def restore(self, task: TaskId, epoch: int, chunks: list[bytes]) -> list[int]:
         """Replace our copy of ``task`` with the primary's; answer [last, promised]."""

@@ -67,6 +67,8 @@ RETRY_RECOVERY = 1.0
 """Seconds between rounds recovering the votes of a lost store (:mod:`daemon.recovery`)."""
 RECOVERING = "recovering"
 """Store meta key: msgpack of the flows whose votes we lost (nil until the first view)."""
+DROP_STALE_EVERY = 5.0
+"""Seconds between looks for stale copies to drop (:meth:`Runtime._drop_stale`)."""
 RETRY_TAKEOVER = 0.3
 """Seconds before a failed takeover of a partition is tried again."""
 DISK_FULL_RETRY = 1.0
@@ -158,6 +160,7 @@ class Runtime:
         """Flows whose votes this member lost with its store and has not recovered
         (:mod:`daemon.recovery`); None until the first view says which."""
         self._recovery_at: dict[str, float] = {}  # flow -> when a round may start next
+        self._drop_at = 0.0
         self.server = ReplicaServer(store, running=self._runs, votes=self._votes)
         self.flows: dict[str, RunningFlow] = {}
         self._records: dict[str, FlowRecord] = {}  # name -> latest record seen
@@ -313,6 +316,24 @@ class Runtime:
             self.recovering.discard(fid)
             self._save_recovering()
             log.info("event=votes_%s member=%s flow=%s", why.replace(" ", "_"), self.me, fid)
+
+    def _drop_stale(self) -> None:
+        """Drop the copies this member holds of tasks whose replica set moved on without
+        it: a set it is not in was accepted at a newer epoch than its copy's. That set
+        was synced and sealed before it was accepted, so every later takeover reads from
+        it (or a later one) and ours is never the newest again; our vote stays."""
+        dropped: dict[str, int] = {}
+        for task in self.store.tasks():
+            running = self.flows.get(task.flow)
+            if running is not None and (task.partition in running.active
+                                        or task.partition in running.takeovers):
+                continue
+            meta, accepted = self.store.task_meta(task), self.store.accepted(task)
+            if meta.last and accepted.epoch > meta.epoch and self.me not in accepted.members:
+                size = self.store.drop_copy(task)
+                dropped[task.flow] = dropped.get(task.flow, 0) + size
+        for fid, size in sorted(dropped.items()):
+            log.info("event=stale_copies_dropped member=%s flow=%s bytes=%d", self.me, fid, size)
 
     def _runs(self, task: TaskId) -> bool:
         """Whether ``task`` runs here (asked from the pipe's thread: reads only)."""
@@ -670,6 +691,9 @@ class Runtime:
     def _housekeeping(self, now: float) -> None:
         if self.recovering:
             self._recover(now)
+        if now >= self._drop_at:
+            self._drop_at = now + DROP_STALE_EVERY
+            self._drop_stale()
         self.pressure.outbox_bytes = sum(task.pending_bytes for running in self.flows.values()
                                          for task in running.tasks.values())
         for running in list(self.flows.values()):

@@ -635,6 +635,35 @@ class Store:
 
         self._write(write, size)
 
+    def drop_copy(self, task: TaskId) -> int:
+        """Deletes a task's data but keeps this member's vote on it (promise, accepted
+        set): a stale copy on a member outside the task's replica set. Returns the bytes
+        of keys and values deleted."""
+        p = task_prefix(task)
+
+        def write(txn: lmdb.Transaction) -> int:
+            raw = txn.get(p, db=self._tmeta)
+            _, _, promised = _META.unpack(raw) if raw else (0, 0, 0)
+            size = sum(len(k) + len(v) for db in self._task_dbs[:-1]
+                       for k, v in self._range(txn, db, p))
+            self._drop(txn, p)
+            txn.put(p, _META.pack(0, 0, promised), db=self._tmeta)
+            return size
+
+        return self._write(write)
+
+    def sizes(self) -> dict[TaskId, int]:
+        """Bytes of keys and values each task's data takes here (its meta excluded)."""
+        out: dict[TaskId, int] = {}
+        with self._read() as txn:
+            for db in self._task_dbs[:-1]:
+                cur = txn.cursor(db=db)
+                for k, v in cur:
+                    task = TaskId(k[:k.index(b"\x00")].decode(),
+                                  *_IDS.unpack(k[k.index(b"\x00") + 1:k.index(b"\x00") + 9]))
+                    out[task] = out.get(task, 0) + len(k) + len(v)
+        return out
+
     def drop_task(self, task: TaskId) -> None:
         """Deletes all data of a task and its accepted replica set, in one transaction."""
         p = task_prefix(task)

@@ -16,7 +16,8 @@ the rules are :mod:`daemon.ownership`'s):
    durable replica set (:func:`daemon.ownership.choose`); a partition that
    lacks one is left to a later round (it waits, unavailable);
 2. **catch up**: per task, if another member's copy is more advanced than
-   ours, fetch its snapshot and restore it here;
+   ours, fetch its snapshot (chunk by chunk, :mod:`daemon.transfer`) and
+   restore it here;
 3. **sync replicas**: every other member of the new replica set whose copy
    differs from ours gets our snapshot;
 4. **seal**: one empty commit at our epoch on us and every replica, so no copy
@@ -40,6 +41,7 @@ from typing import Any, Callable
 from .errors import GossipflowError
 from .ownership import Answer, choose, quorate
 from .store import Commit, Store, TaskId
+from .transfer import Pull, Push
 
 log = logging.getLogger("gossipflow.takeover")
 
@@ -168,8 +170,8 @@ class Takeover:
         log.info("event=catch_up member=%s partition=%d tasks=%d from=%s", self.me, p,
                  len(behind), ",".join(sorted({best for _, best in behind})))
         for task, best in behind:
-            self.call(best, "snapshot", {"task": list(task)},
-                      lambda chunks, task=task, p=p: self._fetched(p, task, chunks))
+            Pull(self.call, best, task,
+                 lambda chunks, task=task, p=p: self._fetched(p, task, chunks)).start()
 
     def _fetched(self, p: int, task: TaskId, chunks: Any) -> None:
         if p in self.dropped or p not in self.waiting:
@@ -204,12 +206,13 @@ class Takeover:
             self._seal(p)
             return
         self.waiting[p] = len(calls)
+        snapshots: dict[TaskId, list[bytes]] = {}
         for task, replica in calls:
+            if task not in snapshots:
+                snapshots[task] = list(self.store.snapshot(task))
             last = self.store.task_meta(task).last
-            chunks = list(self.store.snapshot(task))
-            self.call(replica, "restore", {"task": list(task), "epoch": self.epoch,
-                                           "chunks": chunks},
-                      lambda answer, p=p, last=last: self._restored(p, last, answer))
+            Push(self.call, replica, task, self.epoch, snapshots[task],
+                 lambda answer, p=p, last=last: self._restored(p, last, answer)).start()
 
     def _restored(self, p: int, last: int, answer: Any) -> None:
         if p in self.dropped or p not in self.waiting:

@@ -9,12 +9,12 @@ which the flow service uses as it would use a runtime.
 Parent -> child: ``("flow", record)``, ``("view", alive, forgotten)``,
 ``("data", id, entries)``, ``("marks", id, marks)`` (answers to the child's sends),
 ``("called", id, answer)`` (answers to the child's calls), ``("serve", id, (kind,
-args))`` (a peer's replication request), ``("rows", id, args)``.
+args))`` (a peer's replication request), ``("rows", id, args)``, ``("usage", id, None)``.
 Child -> parent: ``("send", id, member, entries)``, ``("call", id, member, kind,
 args)``, ``("data_marks", id, marks)``, ``("served", id, answer)``,
 ``("failed", record, error)``, ``("progress", fid, total, done)``,
 ``("published", fid, sink, records)``, ``("status", figures, partitions)``,
-``("rows", id, rows)``.
+``("rows", id, rows)``, ``("usage", id, usage)``.
 
 If the parent dies (even by SIGKILL) the child sees the pipe close and exits at
 once; if the child dies, the parent logs it and stops, so nothing runs half.
@@ -119,6 +119,10 @@ class WorkerProcess:
     def rows(self, args: dict[str, Any], on_rows: Callable[[dict], None]) -> None:
         self._ask("rows", args, on_rows)
 
+    def usage(self, on_usage: Callable[[dict], None]) -> None:
+        """What this member's store holds: see :func:`store_usage`."""
+        self._ask("usage", None, on_usage)
+
     def serve(self, kind: str, args: Any, on_answer: Callable[[Any], None]) -> None:
         """A peer's replication request; ``on_answer`` gets the answer (None: refused)."""
         self._ask("serve", (kind, args), on_answer)
@@ -141,7 +145,7 @@ class WorkerProcess:
             while self._conn.poll():
                 message = self._conn.recv()
                 kind = message[0]
-                if kind in ("data_marks", "rows", "served"):
+                if kind in ("data_marks", "rows", "served", "usage"):
                     callback = self._waiting.pop(message[1], None)
                     if callback is not None:
                         callback(message[2])
@@ -233,6 +237,9 @@ def worker_main(conn: Connection, name: str, partitions: int, replicas: int,
                 elif kind == "rows":  # on its own thread: this one must keep reading
                     threading.Thread(target=lambda m=message: send(
                         ("rows", m[1], table_rows(store, m[2]))), daemon=True).start()
+                elif kind == "usage":
+                    threading.Thread(target=lambda m=message: send(
+                        ("usage", m[1], store_usage(store))), daemon=True).start()
         except (EOFError, OSError):
             os._exit(0)  # the parent is gone: so are we, at once
 
@@ -293,6 +300,16 @@ def _open_store(path: str) -> Store:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.05)  # the worker of a previous life is still letting go
+
+
+def store_usage(store: Store) -> dict[str, Any]:
+    """Per flow, the tasks whose data this store holds and their bytes (keys and values)."""
+    out: dict[str, Any] = {}
+    for task, size in store.sizes().items():
+        flow = out.setdefault(task.flow, {"tasks": 0, "bytes": 0})
+        flow["tasks"] += 1
+        flow["bytes"] += size
+    return out
 
 
 def table_rows(store: Store, args: dict[str, Any]) -> dict[str, list]:

@@ -321,3 +321,53 @@ def test_a_full_disk_pauses_the_flow_until_space_is_freed(cluster: Cluster,
     finally:
         cluster.close()
         subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_churn_leaves_each_member_holding_its_share(cluster: Cluster, tmp_path: Path) -> None:
+    """Four members (R=2, 16 partitions) run an unbounded flow; each in turn is killed
+    and restarted. While one is down its partitions get new replica sets, copied to
+    members that hand them back when it returns. Those copies are dropped once a
+    newer set holds the partition: every member then holds at most 1.5x its share of
+    the tasks' copies (2 stages x 16 partitions x R / 4 = 16), where keeping every copy
+    drifts toward all 32; and the result stays exact."""
+    four, partitions = ["n0", "n1", "n2", "n3"], 16
+    cluster.start_many(four, replicas=2, partitions=partitions)
+    flow = STRIDES.replace(f"% {P}", f"% {partitions}")
+    assert submit(cluster, "n0", write(tmp_path, "forever.py", flow)).returncode == 0
+
+    def settled() -> bool:
+        placement = cluster.request("n0", "ring")["placement"]
+        parts = running(cluster, "n0")
+        return all(parts.get(p, {}).get(r[0], {}).get("state") == "active"
+                   for p, r in enumerate(placement))
+
+    wait_for(settled, 60, interval=0.2, message="every partition runs on its primary")
+    for victim in four[1:]:
+        cluster.kill(victim, signal.SIGKILL)
+        assert cluster.wait_exit(victim) == -signal.SIGKILL
+        wait_for(lambda v=victim: cluster.statuses("n0")[v] == "dead", 10)
+        wait_for(settled, 60, interval=0.2, message=f"the others run {victim}'s partitions")
+        cluster.restart(victim)
+        cluster.wait_converged(four, timeout=30)
+        wait_for(settled, 90, interval=0.2, message=f"{victim} gets its partitions back")
+    share = 2 * partitions * 2 // len(four)
+
+    def held() -> dict[str, int]:
+        return {n: cluster.request(n, "usage", timeout=10.0).get(flow_id_of(cluster), {})
+                .get("tasks", 0) for n in four}
+
+    wait_for(lambda: max(held().values()) <= 1.5 * share, 30, interval=1.0,
+             message=f"every member holds at most 1.5 x {share} copies: {held()}")
+    assert sum(held().values()) >= 2 * partitions * 2  # and every task still has R copies
+    assert any("event=stale_copies_dropped" in cluster[n].log() for n in four)
+    cluster.request("n0", "cancel", args={"name": "forever"})
+    wait_for(lambda: flow_record(cluster, "n0", "forever")["status"] == "cancelled", 10)
+    rows = dict(cluster.request("n1", "query", timeout=10.0, args={"name": "forever"}))
+    assert set(rows) == {str(k) for k in range(partitions)}
+    assert all(total == c * int(k) + partitions * c * (c - 1) // 2
+               for k, (c, total) in rows.items()), rows
+
+
+def flow_id_of(cluster: Cluster, name: str = "forever") -> str:
+    record = flow_record(cluster, "n0", name)
+    return f"{name}@{record['run']}"

@@ -19,6 +19,7 @@ from test_replication import FLOW, TIMEOUT, Cluster, History, content, data_of, 
 
 from daemon import handover as handover_module
 from daemon.handover import Handover
+from daemon.transfer import TRIES
 from daemon.replication import ReplicaLog, ReplicaServer, epoch_after
 from daemon.store import TaskId
 from daemon.takeover import Takeover
@@ -123,16 +124,19 @@ def test_a_copy_whose_answer_is_lost_is_made_again_from_a_fresh_snapshot(
     calls: list[str] = []
     real = cluster.call("a")
 
+    first: list[str] = []
+
     def lossy(member: str, kind: str, args: Any, on_reply: Any) -> None:
         calls.append(kind)
-        if kind == "restore" and calls.count("restore") == 1:
-            cluster.clock.call_later(TIMEOUT, on_reply, None)  # broken off: no answer
+        if kind == "restore_part" and args["xfer"] in (first or first.append(args["xfer"])
+                                                      or first):
+            cluster.clock.call_later(TIMEOUT, on_reply, None)  # broken off: no answer, ever
             return
         real(member, kind, args, on_reply)
 
     handover, shipped, _ = make_handover(cluster, tasks, call=lossy)
     handover.start()
-    cluster.clock.advance(TIMEOUT + 0.01)
+    cluster.clock.advance(TRIES * TIMEOUT + 0.01)  # every try of the first chunk is lost
     assert len(shipped) == 1
     for task in tasks:
         task.commit(cluster, 2)

@@ -509,7 +509,7 @@ def test_replica_restarting_during_restore_fails_the_round_then_a_later_round_sy
 
     def call(member: str, kind: str, args: Any, on_reply: Callable[[Any], None]) -> None:
         base(member, kind, args, on_reply)
-        if kind == "restore" and member == "d" and not crashed:
+        if kind == "restore_part" and member == "d" and not crashed:
             crashed.append(kind)
             cluster.crash("d")  # before the request arrives
 
@@ -604,3 +604,67 @@ def test_takeover_of_many_tasks_levels_every_replica(make_cluster: Any, seed: in
                 else:  # not in the set: only the promise changed
                     assert data_of(got) == data_of(before[m, t]), (m, t)
     assert restores > 50  # most tasks had a copy to bring level
+
+
+# ---------------------------------------------------------------- 6. chunked transfers
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_snapshots_move_chunk_by_chunk_through_a_lossy_network(make_cluster: Any, seed: int,
+                                                              monkeypatch: Any) -> None:
+    """A task of about 6 MiB (7+ chunks) is pushed from a to b and pulled from b by c
+    while 15 % of requests or replies are lost and 20 % duplicated: each chunk is
+    asked again on its own (up to 10 times here: losses this dense come in runs), and
+    both copies end equal to a's."""
+    from daemon import transfer
+    from daemon.transfer import Pull, Push
+
+    monkeypatch.setattr(transfer, "TRIES", 10)
+
+    cluster = make_cluster(["a", "b", "c"], seed=seed, drop=0.15, duplicate=0.2)
+    rng, epoch = random.Random(seed), epoch_after(0, "a")
+    big = Commit(TASK, epoch, 1, state_puts={b"k%05d" % i: rng.randbytes(3000)
+                                             for i in range(2000)})
+    cluster.stores["a"].apply(big)
+    chunks = list(cluster.stores["a"].snapshot(TASK))
+    assert len(chunks) >= 7
+    pushed: list[Any] = []
+    Push(cluster.call("a"), "b", TASK, epoch, chunks, pushed.append).start()
+    cluster.clock.advance(200 * TIMEOUT)
+    assert pushed == [[1, epoch]]
+    assert content(cluster.stores["b"], TASK) == {**content(cluster.stores["a"], TASK),
+                                                  "taskmeta": TaskMeta(1, epoch, epoch)}
+    pulled: list[Any] = []
+    Pull(cluster.call("c"), "b", TASK, pulled.append).start()
+    cluster.clock.advance(200 * TIMEOUT)
+    assert len(pulled) == 1 and pulled[0] is not None
+    cluster.stores["c"].restore(TASK, pulled[0])
+    assert data_of(content(cluster.stores["c"], TASK)) == data_of(content(cluster.stores["a"],
+                                                                          TASK))
+    assert cluster.stats["lost_requests"] + cluster.stats["lost_replies"] > 0
+
+
+def test_a_push_to_a_member_that_lost_its_staged_chunks_starts_over(make_cluster: Any) -> None:
+    """b restarts mid-transfer (its staged chunks are gone): it answers the next chunk
+    with "from 0", the push starts over and the restore completes."""
+    from daemon.transfer import Push
+
+    cluster = make_cluster(["a", "b"], seed=9)
+    epoch = epoch_after(0, "a")
+    cluster.stores["a"].apply(Commit(TASK, epoch, 1, state_puts={
+        b"k%05d" % i: bytes(3000) for i in range(1500)}))
+    chunks = list(cluster.stores["a"].snapshot(TASK))
+    real, seen = cluster.call("a"), []
+
+    def call(member: str, kind: str, args: Any, on_reply: Callable[[Any], None]) -> None:
+        seen.append(args["index"])
+        if args["index"] == 3 and seen.count(3) == 1:
+            cluster.servers["b"] = ReplicaServer(cluster.stores["b"])  # staged chunks lost
+        real(member, kind, args, on_reply)
+
+    done: list[Any] = []
+    Push(call, "b", TASK, epoch, chunks, done.append).start()
+    cluster.clock.advance(100 * TIMEOUT)
+    assert done == [[1, epoch]] and seen[:6] == [0, 1, 2, 3, 0, 1]
+    assert data_of(content(cluster.stores["b"], TASK)) == data_of(content(cluster.stores["a"],
+                                                                          TASK))

@@ -159,13 +159,9 @@ class UdpZmqTransport:
         entry = self._pending.pop(request_id, None)
         if entry is None:
             return
-        on_reply, _, to = entry
-        # Drop the connection: requests queued for a dead peer must not reach it later.
-        dealer = self._dealers.pop(to, None)
-        if dealer is not None:
-            self.loop.remove_reader(dealer)
-            dealer.close()
-        on_reply(None)
+        # The connection stays: other requests to that peer may still be answered (a slow
+        # peer is not a dead one; a dead one's connection goes in cancel()).
+        entry[0](None)
 
     def _read_udp(self) -> None:
         for _ in range(_DRAIN):
