@@ -17,6 +17,8 @@ import pytest
 from daemons import Cluster, cli, cluster_fixture, wait_for  # noqa: F401
 from test_flows_cluster import WORDCOUNT, flow_record, stdlib_counts, submit, table, write
 
+from nodes.plan import partition_of
+
 pytestmark = pytest.mark.timeout(300)
 
 THREE = ["n0", "n1", "n2"]
@@ -356,9 +358,11 @@ def test_churn_leaves_each_member_holding_its_share(cluster: Cluster, tmp_path: 
         return {n: cluster.request(n, "usage", timeout=10.0).get(flow_id_of(cluster), {})
                 .get("tasks", 0) for n in four}
 
-    wait_for(lambda: max(held().values()) <= 1.5 * share, 30, interval=1.0,
-             message=f"every member holds at most 1.5 x {share} copies: {held()}")
-    assert sum(held().values()) >= 2 * partitions * 2  # and every task still has R copies
+    # tasks with data: every source (one split each) and the folds of partitions with keys
+    with_data = partitions + len({partition_of(str(k), partitions) for k in range(partitions)})
+    wait_for(lambda: max(held().values()) <= 1.5 * share and sum(held().values()) == 2 * with_data,
+             30, interval=1.0, message=f"every member holds at most 1.5 x {share} copies and "
+             f"every task with data R=2: {held()}")
     assert any("event=stale_copies_dropped" in cluster[n].log() for n in four)
     cluster.request("n0", "cancel", args={"name": "forever"})
     wait_for(lambda: flow_record(cluster, "n0", "forever")["status"] == "cancelled", 10)
