@@ -219,7 +219,8 @@ class ReplicaServer:
         self._staged: dict[str, tuple[TaskId, list[bytes], float]] = {}
         """Chunks of snapshots being pushed to us, per transfer: task, chunks, last seen."""
         self._serving: dict[str, tuple[list[bytes], float]] = {}
-        """Snapshots being pulled from us, per transfer: chunks, last asked."""
+        """Snapshots being pulled from us, per transfer: chunks, last asked (index -1 or
+        STAGED_FOR seconds without a request ends it)."""
 
     def handle(self, kind: str, args: Any) -> Any:
         """Dispatch one request. Raises StoreError (e.g. full), ValueError (malformed) and
@@ -294,18 +295,21 @@ class ReplicaServer:
                 for c in commits]
 
     def snapshot_part(self, task: TaskId, xfer: str, index: int) -> dict[str, Any]:
-        """Chunk ``index`` of our snapshot of ``task``, read once per transfer."""
+        """Chunk ``index`` of our snapshot of ``task``, read once per transfer (at chunk 0);
+        index -1: the transfer is over."""
         with self._lock:
             _expire(self._serving)
-            chunks = self._serving.get(xfer, ([], 0.0))[0] if index else []
+            if index < 0:  # the asker has every chunk
+                self._serving.pop(xfer, None)
+                return {}
+            chunks = self._serving.get(xfer, ([], 0.0))[0]
             if not chunks:
+                if index:  # never mix chunks of two reads: the asker starts over
+                    raise ValueError(f"transfer {xfer} of {task} is unknown or over")
                 chunks = list(self.store.snapshot(task))
             if index >= len(chunks):
                 raise ValueError(f"snapshot of {task} has {len(chunks)} chunks, not {index + 1}")
-            if index + 1 < len(chunks):
-                self._serving[xfer] = (chunks, time.monotonic())
-            else:
-                self._serving.pop(xfer, None)
+            self._serving[xfer] = (chunks, time.monotonic())
         return {"count": len(chunks), "chunk": chunks[index]}
 
     def restore_part(self, task: TaskId, epoch: int, xfer: str, index: int, count: int,
@@ -316,8 +320,8 @@ class ReplicaServer:
             _expire(self._staged)
             staged = self._staged.get(xfer)
             if staged is None or staged[0] != task:
-                if index:
-                    return {"next": 0}  # we lost the first chunks (expired, restarted)
+                if index:  # we lost the first chunks (expired, restarted), or 0 is late
+                    return {"next": 0, "restart": True}
                 staged = (task, [], 0.0)
             chunks = staged[1]
             if index == len(chunks):

@@ -21,7 +21,11 @@ from typing import Any
 from .store import TaskId
 
 TRIES = 4
-"""Times one chunk is asked for before the transfer gives up."""
+"""Times in a row a transfer may go without progress (a chunk unanswered, or the other
+side lost what it had) before it gives up."""
+WINDOW = 16
+"""Chunks in flight at once: a transfer's pace must not hang on one round trip each (the
+runtime thread that sends the next chunk may be busy in a step for a while)."""
 
 Call = Callable[[str, str, Any, Callable[[Any], None]], None]
 
@@ -33,69 +37,107 @@ def transfer_id() -> str:
 
 class Push:
     """Send ``chunks`` (a snapshot of ``task``) to ``member`` for a restore at ``epoch``;
-    ``on_done`` gets the restore's answer ([last, promised]) or None."""
+    ``on_done`` gets the restore's answer ([last, promised]) or None.
+
+    In rounds: up to WINDOW chunks in flight; the member stages them in order and
+    answers the next it wants (answers may come back in any order: only the highest
+    counts). Once every request of a round is answered and the copy is not complete,
+    the next round sends again from the chunk the member wants."""
 
     def __init__(self, call: Call, member: str, task: TaskId, epoch: int, chunks: list[bytes],
                  on_done: Callable[[Any], None]) -> None:
         self.call, self.member, self.on_done = call, member, on_done
         self.args = {"task": list(task), "epoch": epoch, "xfer": transfer_id(),
                      "count": len(chunks)}
-        self.chunks, self.tries = chunks, 0
+        self.chunks = chunks
+        self.acked = self.sent = self.tries = self.round = self.outstanding = 0
+        self.progressed = False
+        self.done = False
 
     def start(self) -> None:
-        self._send(0)
+        self._fill()
 
-    def _send(self, index: int) -> None:
-        self.call(self.member, "restore_part",
-                  {**self.args, "index": index, "chunk": self.chunks[index]},
-                  lambda answer: self._answered(index, answer))
+    def _fill(self) -> None:
+        while self.sent < min(self.acked + WINDOW, len(self.chunks)):
+            index = self.sent
+            self.sent += 1
+            self.outstanding += 1
+            self.call(self.member, "restore_part",
+                      {**self.args, "index": index, "chunk": self.chunks[index]},
+                      lambda answer, r=self.round: self._answered(r, answer))
 
-    def _answered(self, index: int, answer: Any) -> None:
-        if isinstance(answer, dict):
-            wanted = answer.get("next")
-            if type(wanted) is int and 0 <= wanted < len(self.chunks):
-                self.tries = 0 if wanted > index else self.tries + 1
-                if self.tries < TRIES:
-                    self._send(wanted)
-                    return
-            self.on_done(None)
-        elif answer is None and self.tries + 1 < TRIES:
-            self.tries += 1
-            self._send(index)  # the member says where to go on from
-        else:
-            self.on_done(answer)
+    def _answered(self, round_: int, answer: Any) -> None:
+        if self.done:
+            return
+        if answer is not None and not isinstance(answer, dict):
+            self._finish(answer)  # the restore's own answer
+            return
+        wanted = answer.get("next") if isinstance(answer, dict) else None
+        if type(wanted) is int and wanted > self.acked and not answer.get("restart"):
+            self.acked, self.progressed = min(wanted, len(self.chunks) - 1), True
+            self.sent = max(self.sent, self.acked)
+        if round_ != self.round:
+            return
+        if isinstance(answer, dict) and answer.get("restart") and self.acked:
+            self.acked = 0  # it lost what it had staged (restarted, or staged too long)
+        self.outstanding -= 1
+        if self.outstanding == 0:  # the round is over and the copy is not complete
+            self.tries = 0 if self.progressed else self.tries + 1
+            if self.tries >= TRIES:
+                self._finish(None)
+                return
+            self.sent, self.round, self.progressed = self.acked, self.round + 1, False
+        self._fill()
+
+    def _finish(self, answer: Any) -> None:
+        self.done = True
+        self.on_done(answer)
 
 
 class Pull:
-    """Fetch ``member``'s snapshot of ``task``; ``on_done`` gets its chunks or None."""
+    """Fetch ``member``'s snapshot of ``task``; ``on_done`` gets its chunks or None.
+    Up to WINDOW chunks are asked for at once (the first alone: it says how many)."""
 
     def __init__(self, call: Call, member: str, task: TaskId,
                  on_done: Callable[[list[bytes] | None], None]) -> None:
         self.call, self.member, self.on_done = call, member, on_done
         self.args = {"task": list(task), "xfer": transfer_id()}
-        self.chunks: list[bytes] = []
+        self.chunks: dict[int, bytes] = {}
+        self.count = 0
+        self.asked: set[int] = set()
         self.tries = 0
+        self.done = False
 
     def start(self) -> None:
-        self._ask()
+        self._ask(0)
 
-    def _ask(self) -> None:
-        self.call(self.member, "snapshot_part", {**self.args, "index": len(self.chunks)},
-                  self._answered)
+    def _ask(self, index: int) -> None:
+        self.asked.add(index)
+        self.call(self.member, "snapshot_part", {**self.args, "index": index},
+                  lambda answer: self._answered(index, answer))
 
-    def _answered(self, answer: Any) -> None:
+    def _answered(self, index: int, answer: Any) -> None:
+        if self.done:
+            return
+        self.asked.discard(index)
         ok = (isinstance(answer, dict) and type(answer.get("count")) is int
-              and isinstance(answer.get("chunk"), bytes) and answer["count"] > len(self.chunks))
+              and isinstance(answer.get("chunk"), bytes) and answer["count"] > index
+              and answer["count"] == (self.count or answer["count"]))
         if not ok:
             self.tries += 1
             if self.tries >= TRIES:
+                self.done = True
                 self.on_done(None)
             else:
-                self._ask()
+                self._ask(index)
             return
-        self.tries = 0
-        self.chunks.append(answer["chunk"])
-        if len(self.chunks) == answer["count"]:
-            self.on_done(self.chunks)
-        else:
-            self._ask()
+        self.tries, self.count = 0, answer["count"]
+        self.chunks[index] = answer["chunk"]
+        if len(self.chunks) == self.count:
+            self.done = True
+            self.call(self.member, "snapshot_part", {**self.args, "index": -1}, lambda a: None)
+            self.on_done([self.chunks[i] for i in range(self.count)])
+            return
+        wanted = [i for i in range(self.count) if i not in self.chunks and i not in self.asked]
+        for i in wanted[:max(0, WINDOW - len(self.asked))]:
+            self._ask(i)

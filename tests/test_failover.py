@@ -17,6 +17,7 @@ import pytest
 from daemons import Cluster, cli, cluster_fixture, wait_for  # noqa: F401
 from test_flows_cluster import WORDCOUNT, flow_record, stdlib_counts, submit, table, write
 
+from daemon.placement import place
 from nodes.plan import partition_of
 
 pytestmark = pytest.mark.timeout(300)
@@ -375,3 +376,56 @@ def test_churn_leaves_each_member_holding_its_share(cluster: Cluster, tmp_path: 
 def flow_id_of(cluster: Cluster, name: str = "forever") -> str:
     record = flow_record(cluster, "n0", name)
     return f"{name}@{record['run']}"
+
+
+BIG_KEYS = 200_000
+BIG = f"""
+import time
+from nodes import Flow, sources, sinks
+K, PAD = {BIG_KEYS}, "x" * 1000
+
+def slow(i):
+    if i >= K:  # every key written once: from then on, a trickle of updates
+        time.sleep(0.002)
+    return i
+
+flow = Flow("big")
+(flow.source(sources.generate(None, slow))
+     .key_by(lambda i: "k%06d" % (i % K))
+     .fold((0, -1, ""), lambda acc, i: (acc[0] + 1, i, PAD))
+     .sink(sinks.table()))
+"""
+"""One partition holding over 200 MB: 200 000 keys of about 1 KB each. Key k gets k,
+k + K, k + 2K... in order, so (count c, last i) must satisfy i = k + K (c - 1)."""
+
+
+def test_a_partition_of_200_mb_is_copied_to_a_joining_member_while_it_runs(
+        cluster: Cluster, tmp_path: Path) -> None:
+    """One partition (P=1, R=2) holds over 200 MB of state; a member joins whose
+    placement includes it: the running primary copies it over chunk by chunk while
+    the flow goes on (before, the copy travelled in one message with a 3 s deadline
+    and never arrived), the new member ends with the whole state, nothing is lost."""
+    cluster.start_many(["n0", "n1"], replicas=2, partitions=1)
+    assert submit(cluster, "n0", write(tmp_path, "big.py", BIG)).returncode == 0
+
+    def stored(node: str) -> int:
+        return cluster.request(node, "usage", timeout=20.0).get(flow_id_of(cluster, "big"),
+                                                                  {}).get("bytes", 0)
+
+    wait_for(lambda: min(stored("n0"), stored("n1")) > 200 << 20, 180, interval=1.0,
+             message="the partition holds over 200 MB on both replicas")
+    joiner = next(name for name in (f"j{i}" for i in range(100))
+                  if name in place(["n0", "n1", name], 1, 2)[0])
+    since = log_sizes(cluster, ["n0", "n1"])
+    cluster.start(joiner, join=["n0"], replicas=2, partitions=1)
+    cluster.wait_converged(["n0", "n1", joiner], timeout=30)
+    wait_for(lambda: handed_over(cluster, ["n0", "n1"], joiner, since) == {0}, 180,
+             interval=1.0, message=f"the partition is copied and handed over to {joiner}")
+    assert stored(joiner) > 200 << 20
+    cluster.request("n0", "cancel", args={"name": "big"})
+    wait_for(lambda: flow_record(cluster, "n0", "big")["status"] == "cancelled", 10)
+    rows = dict(cluster.request(joiner, "query", timeout=60.0, args={"name": "big"}))
+    assert len(rows) == BIG_KEYS
+    wrong = {k: v[:2] for k, v in rows.items()
+             if v[0] < 1 or v[1] != int(k[1:]) + BIG_KEYS * (v[0] - 1)}
+    assert not wrong, f"keys whose records were lost or counted twice: {list(wrong.items())[:5]}"
