@@ -272,6 +272,22 @@ class Nemesis(Run):
         for agent in self.agents:
             agent.stop()
 
+    def cli(self, *args: str, timeout: float = 60.0, check: bool = True,
+            daemon: Daemon | None = None) -> str:
+        """As Run.cli, but a daemon that does not answer (one crashing over and over, say)
+        makes it ask the next up daemon: the checks still run."""
+        candidates = [daemon] if daemon else [d for d in self.daemons if d.state == "up"]
+        if daemon:
+            candidates += [d for d in self.daemons if d.state == "up" and d is not daemon]
+        last: Exception = ChaosError("no daemon is up to ask")
+        for d in candidates:
+            try:
+                return super().cli(*args, timeout=timeout, check=check, daemon=d)
+            except ChaosError as err:
+                last = err
+                say(f"asking another daemon: {err}")
+        raise last
+
     def wait_up(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
         while any(d.state != "up" for d in self.daemons):
