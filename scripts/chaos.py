@@ -226,8 +226,15 @@ class Daemon:
     """
 
     def __init__(self, name: str, port: int, workdir: Path, seeds: list[str],
-                 preset: str, replicas: int, partitions: int) -> None:
-        self.name, self.port = name, port
+                 preset: str, replicas: int, partitions: int, host: str = HOST,
+                 prefix: list[str] | None = None,
+                 requester: Callable[..., Any] | None = None) -> None:
+        """``host``: the address to bind; ``prefix``: a command to run the daemon and its
+        CLI commands under (e.g. ``ip netns exec NS``); ``requester``: what sends its API
+        requests, ``request(node, op, args, timeout=)`` (default: daemon.client's)."""
+        self.name, self.port, self.host = name, port, host
+        self.prefix = list(prefix or [])
+        self.requester = requester or request
         self.data_dir = workdir / "data" / name
         self.log_path = workdir / f"{name}.log"
         self.args = ["start", "--name", name, "--bind", self.address,
@@ -244,7 +251,7 @@ class Daemon:
 
     @property
     def address(self) -> str:
-        return f"{HOST}:{self.port}"
+        return f"{self.host}:{self.port}"
 
     def start(self) -> None:
         self.starts += 1
@@ -252,7 +259,7 @@ class Daemon:
             log.write(f"----- chaos: start #{self.starts}: {' '.join(self.args)}\n".encode())
             log.flush()
             self.proc = subprocess.Popen(
-                DAEMON_CMD + self.args, cwd=ROOT, env=clean_env(), stdin=subprocess.DEVNULL,
+                self.prefix + DAEMON_CMD + self.args, cwd=ROOT, env=clean_env(), stdin=subprocess.DEVNULL,
                 stdout=log, stderr=log, start_new_session=True,
                 preexec_fn=_die_with_parent)  # noqa: PLW1509 (only prctl, looked up before)
         self.state = "starting"
@@ -276,9 +283,14 @@ class Daemon:
         self.state = "down"
         self.killed_at = time.monotonic()
 
+    def request(self, op: str, args: dict[str, Any] | None = None,
+                timeout: float = 3.0) -> Any:
+        """An API request to this daemon (what the CLI sends)."""
+        return self.requester(self.address, op, args, timeout=timeout)
+
     def answers(self, timeout: float = 0.3) -> bool:
         try:
-            return request(self.address, "status", timeout=timeout)["name"] == self.name
+            return self.request("status", timeout=timeout)["name"] == self.name
         except (ClientError, KeyError, TypeError):
             return False
 
@@ -310,14 +322,16 @@ def stop_all(daemons: list[Daemon], grace: float = GRACE) -> None:
 # ---------------------------------------------------------------- the command line
 
 
-def gossipflow(*args: str, timeout: float = 60.0, check: bool = True) -> str:
-    """Run ``python -m daemon.cli ARGS`` (what ``gossipflow ARGS`` runs); its stdout.
+def gossipflow(*args: str, timeout: float = 60.0, check: bool = True,
+               prefix: list[str] | None = None) -> str:
+    """Run ``python -m daemon.cli ARGS`` (what ``gossipflow ARGS`` runs), under the
+    command ``prefix`` if any (e.g. ``ip netns exec NS``); its stdout.
 
     Raises:
         ChaosError: it exited non-zero (with ``check``) or took longer than ``timeout``.
     """
     try:
-        done = subprocess.run(DAEMON_CMD + list(args), cwd=ROOT, env=clean_env(),
+        done = subprocess.run(list(prefix or []) + DAEMON_CMD + list(args), cwd=ROOT, env=clean_env(),
                               stdin=subprocess.DEVNULL, capture_output=True, text=True,
                               timeout=timeout, check=False)
     except subprocess.TimeoutExpired as err:
@@ -431,10 +445,21 @@ class Run:
 
     def node(self) -> str:
         """The address of a daemon that answers now (for client commands)."""
+        return self.up_daemon().address
+
+    def up_daemon(self) -> Daemon:
         up = [d for d in self.daemons if d.state == "up"]
         if not up:
             raise ChaosError("no daemon is up to ask")
-        return up[0].address
+        return up[0]
+
+    def cli(self, *args: str, timeout: float = 60.0, check: bool = True,
+            daemon: Daemon | None = None) -> str:
+        """``gossipflow ARGS --node D`` for an up daemon D (or ``daemon``), run under D's
+        command prefix."""
+        d = daemon or self.up_daemon()
+        return gossipflow(*args, "--node", d.address, timeout=timeout, check=check,
+                          prefix=d.prefix)
 
     def start_cluster(self) -> None:
         a = self.args
@@ -494,8 +519,8 @@ class Run:
         last: Any = None
         while time.monotonic() < deadline:
             try:
-                views = [{m["name"]: m["status"] for m in request(d.address, "members",
-                                                                   timeout=1.0)}
+                views = [{m["name"]: m["status"] for m in d.request("members",
+                                                                  timeout=1.0)}
                          for d in self.daemons]
                 if all(v == dict.fromkeys(names, "alive") for v in views):
                     return
@@ -514,7 +539,7 @@ class Run:
         name = f"{WORDCOUNT}-{len(self.rounds) + 1}"
         path = self.flowdir / f"{name}.py"
         path.write_text(WORDCOUNT_FLOW.format(name=name))
-        gossipflow("submit", str(path), "--node", self.node(), "--timeout", "10")
+        self.cli("submit", str(path), "--timeout", "10")
         round_ = Round(name, path, time.monotonic())
         self.rounds.append(round_)
         say(f"submitted {name}")
@@ -526,7 +551,7 @@ class Run:
         for d in self.daemons:
             if d.state == "up":
                 try:
-                    return request(d.address, op, args, timeout=timeout)
+                    return d.request(op, args, timeout=timeout)
                 except ClientError as err:
                     last = err
         raise ChaosError(f"`{op}` got no answer: {last}")
@@ -643,7 +668,7 @@ class Run:
 
         self.start_cluster()
         self.submit_round()
-        gossipflow("submit", str(generate_file), "--node", self.node(), "--timeout", "10")
+        self.cli("submit", str(generate_file), "--timeout", "10")
         say(f"submitted {GENERATE}")
 
         self.chaos()
@@ -657,8 +682,7 @@ class Run:
         deadline = time.monotonic() + a.timeout
         while last.done_at is None and time.monotonic() < deadline:
             try:  # what `gossipflow submit --wait` does
-                flows = json.loads(gossipflow("flows", "--json", "--node", self.node(),
-                                              "--timeout", "10"))
+                flows = json.loads(self.cli("flows", "--json", "--timeout", "10"))
             except ChaosError as err:  # a loaded daemon may be slow: ask again
                 say(f"asking again: {err}")
                 continue
@@ -669,19 +693,18 @@ class Run:
                 time.sleep(0.5)
 
         advanced = self.wait_generator_advances(before, 30.0)
-        gossipflow("cancel", GENERATE, "--node", self.node(), "--timeout", "10")
+        self.cli("cancel", GENERATE, "--timeout", "10")
         deadline = time.monotonic() + 30.0
         while time.monotonic() < deadline:  # every daemon stops it (not needed for the check)
             try:
-                seen = [request(d.address, "flow", {"name": GENERATE}, timeout=1.0)["status"]
+                seen = [d.request("flow", {"name": GENERATE}, timeout=1.0)["status"]
                         for d in self.daemons]
             except ClientError:
                 seen = []
             if seen and all(s != "running" for s in seen):
                 break
             time.sleep(0.1)
-        progress = json.loads(gossipflow("status", GENERATE, "--json", "--node", self.node(),
-                                         "--timeout", "10"))
+        progress = json.loads(self.cli("status", GENERATE, "--json", "--timeout", "10"))
         generate_status = progress["status"]
         say(f"{GENERATE} {generate_status} on every daemon")
         return self.check(written, counting, counted, generate_status, progress, advanced)
@@ -699,7 +722,7 @@ class Run:
         if sum(expected.values()) != written:
             raise ChaosError(f"the corpus reads back as {sum(expected.values())} words, "
                              f"not {written}")
-        node = self.node()
+        node = self.up_daemon()
         wc = {"records": 0, "lost": 0, "duplicated": 0}
         lines = []
         for round_ in self.rounds:
@@ -707,11 +730,11 @@ class Run:
                 problems.append(f"{round_.name} is {round_.status}, not completed"
                                 + (f" within {a.timeout:g} s after the chaos"
                                    if round_.status == "running" else f": {round_.error}"))
-                print(f"gossipflow status {round_.name} --json:\n" + gossipflow(
-                    "status", round_.name, "--json", "--node", node, "--timeout", "10",
-                    check=False))
-            got = json.loads(gossipflow("query", round_.name, "--json", "--node", node,
-                                        "--timeout", "60", timeout=120))
+                print(f"gossipflow status {round_.name} --json:\n" + self.cli(
+                    "status", round_.name, "--json", "--timeout", "10", check=False,
+                    daemon=node))
+            got = json.loads(self.cli("query", round_.name, "--json", "--timeout", "60",
+                                      timeout=120, daemon=node))
             lost = sum(max(0, n - got.get(w, 0)) for w, n in expected.items())
             dup = sum(max(0, n - expected.get(w, 0)) for w, n in got.items())
             wc["records"] += written
@@ -728,8 +751,8 @@ class Run:
             lines.append(f"  {round_.name}: {round_.status} in {took:.1f} s with "
                          f"{round_.kills} kills while it ran: lost {lost}, duplicated {dup}")
 
-        table = json.loads(gossipflow("query", GENERATE, "--json", "--node", node,
-                                      "--timeout", "60", timeout=120))
+        table = json.loads(self.cli("query", GENERATE, "--json", "--timeout", "60",
+                                    timeout=120, daemon=node))
         gen = check_generate(table, a.partitions, a.sample)
         if generate_status != "cancelled":
             problems.append(f"{GENERATE} is {generate_status}, not cancelled: "
@@ -745,7 +768,14 @@ class Run:
             problems.append(f"{GENERATE}: only {advanced} of {a.partitions} splits advanced "
                             f"after the chaos")
         problems += self.unexpected
+        self.report(written, expected, wc, lines, gen, generate_status, problems)
+        return not problems
 
+    def report(self, written: int, expected: collections.Counter, wc: dict[str, int],
+               lines: list[str], gen: dict[str, int], generate_status: str,
+               problems: list[str]) -> None:
+        """Print the figures of :meth:`check` and its verdict."""
+        a = self.args
         wall = time.monotonic() - T0
         records = wc["records"] + gen["records"]
         lost, dup = wc["lost"] + gen["lost"], wc["duplicated"] + gen["duplicated"]
@@ -771,7 +801,6 @@ class Run:
             print("FAILED:\n  " + "\n  ".join(problems))
         else:
             print("OK: every record counted exactly once")
-        return not problems
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
