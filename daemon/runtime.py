@@ -698,17 +698,25 @@ class Runtime:
                                          for task in running.tasks.values())
         for running in list(self.flows.values()):
             self._place(running, now)
-            for task in running.tasks.values():
+            for task in list(running.tasks.values()):
                 if task.unsent:
                     task.pump()  # what was refused, timed out or held back goes again
+                if task.broken:
+                    self._fail(running, f"partition {task.partition}: {task.broken}")
+                    break
                 if task.log.commits:
                     self._to_replicate.add(task)
                 if task.id not in self._ready and task.wake_at(now) is not None:
                     self._ready[task.id] = task  # e.g. a source the pressure held back
-            done = running.done_indices()
-            if set(done) != running.reported:
-                running.reported = set(done)
-                self.hooks.progress(running.id, running.total, done)
+            else:
+                self._report(running)
+
+    def _report(self, running: RunningFlow) -> None:
+        """Tell the event loop which tasks of ``running`` are done, if that changed."""
+        done = running.done_indices()
+        if set(done) != running.reported:
+            running.reported = set(done)
+            self.hooks.progress(running.id, running.total, done)
 
     def status(self) -> dict[str, Any]:
         """Per flow, per stage ("id name"): records in/out, tasks done, outputs unacknowledged

@@ -220,6 +220,8 @@ class PartitionTask:
         self.stepped_at = 0.0  # when the runtime last stepped it (it steps the oldest first)
         self.paused = False
         """Handing over: no more commits, so every copy can reach our last one."""
+        self.broken = ""
+        """Why this task cannot go on (an invariant broke): the runtime fails the flow."""
         self.idle = False
         """A source task without splits: nothing to read, nothing to send, done from the
         start (downstream tasks do not wait for its end of stream)."""
@@ -473,6 +475,13 @@ class PartitionTask:
             first = queue[0][0]
             sent = max(self.sent.get(dest, 0), first - 1)
             upto = min(self.released.get(dest, 0), first + WINDOW - 1, queue[-1][0])
+            if len(queue) != queue[-1][0] - first + 1:  # a hole: never in one history
+                self.broken = (f"outbox to {dest} lacks sequences between {first} and "
+                               f"{queue[-1][0]}: its copies do not hold one history")
+                log.error("event=outbox_hole task=%s dest=%s first=%d last=%d entries=%d",
+                          self.id, dest, first, queue[-1][0], len(queue))
+                self.unsent.discard(dest)
+                continue
             while sent < upto:
                 if not self.ctx.send(self.id, dest, sent + 1, queue[sent + 1 - first][1]):
                     self.sent[dest] = sent

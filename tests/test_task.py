@@ -195,3 +195,22 @@ def test_a_source_step_reads_less_when_its_output_is_not_combined(store, tmp_pat
     # 10 * SOURCE_BATCHES_PER_COMMIT records (a read counts one more than its records)
     assert (BATCHES_PER_COMMIT, SOURCE_BATCHES_PER_COMMIT) == (50, 200)
     assert read == {"fold": 170, "count": 10 * math.ceil(2000 / 11)}
+
+
+def test_an_outbox_with_a_hole_breaks_the_task_loudly_instead_of_crashing(store, tmp_path):
+    """An outbox whose sequences skip one never happens in one history (the runtime
+    crashed on it in a loop when two histories of a partition existed): the task sends
+    what it can elsewhere, and says why it is broken so the runtime fails the flow."""
+    from daemon.store import Commit, TaskId
+
+    sent: list = []
+    ctx = context(store, sent, tmp_path)
+    task_id = TaskId(ctx.flow_id, 1, 0)
+    store.apply(Commit(task_id, 1, 1, outbox_puts=[("2/0", 1, pack([False, []])),
+                                                   ("2/0", 2, pack([False, []])),
+                                                   ("2/0", 4, pack([False, []])),
+                                                   ("2/1", 1, pack([False, []]))]))
+    task = PartitionTask(ctx, ctx.plan.stages[1], 0)
+    task.pump()
+    assert "lacks sequences between 1 and 4" in task.broken
+    assert [(dest, seq) for _, dest, seq, _ in sent] == [("2/1", 1)]
