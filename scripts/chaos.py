@@ -443,6 +443,9 @@ class Run:
 
     # ------------------------------------------------------------ daemons
 
+    def stop_everything(self) -> None:
+        stop_all(self.daemons)
+
     def node(self) -> str:
         """The address of a daemon that answers now (for client commands)."""
         return self.up_daemon().address
@@ -847,8 +850,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def run_script(name: str, start: Callable[[], Any], keep_dir: bool, workdir: Path) -> int:
+    """Run ``start()``'s run object (its ``run()`` says whether every check passed) with
+    the exits of a script: 0 passed, 1 failed (with each daemon's last log lines),
+    130/143/129 interrupted; its ``stop_everything()`` runs on every exit, and the work
+    dir is kept only after a failure or with ``keep_dir``."""
 
     def interrupted(signum: int, frame: Any) -> None:
         raise Interrupted(signum)
@@ -856,33 +862,40 @@ def main(argv: list[str] | None = None) -> int:
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, interrupted)
     signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started ignoring it
-    workdir = Path(tempfile.mkdtemp(prefix="gossipflow-chaos."))
-    run = Run(args, workdir)
+    run = None
     code = 1
     try:
+        run = start()
         code = 0 if run.run() else 1
     except ChaosError as err:
-        print(f"chaos: {err}", file=sys.stderr)
+        print(f"{name}: {err}", file=sys.stderr)
     except KeyboardInterrupt:
-        print("chaos: interrupted (Ctrl-C)", file=sys.stderr)
+        print(f"{name}: interrupted (Ctrl-C)", file=sys.stderr)
         code = 130
     except Interrupted as err:
-        print(f"chaos: interrupted ({err})", file=sys.stderr)
+        print(f"{name}: interrupted ({err})", file=sys.stderr)
         code = 128 + err.signum
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(sig, signal.SIG_IGN)  # let the cleanup finish
-        stop_all(run.daemons)
-        if code == 1 and run.daemons:  # failed (not interrupted)
+        if run is not None:
+            run.stop_everything()
+        if code == 1 and run is not None and run.daemons:  # failed (not interrupted)
             print("\nlast lines of each daemon's log:", file=sys.stderr)
             for d in run.daemons:
                 print(f"--- {d.name} ({d.address}, {d.starts} starts, {d.log_path})\n"
                       f"{d.log_tail(25)}", file=sys.stderr)
-        if code in (0, 130, 128 + signal.SIGTERM, 128 + signal.SIGHUP) and not args.keep_dir:
+        if code in (0, 130, 128 + signal.SIGTERM, 128 + signal.SIGHUP) and not keep_dir:
             shutil.rmtree(workdir, ignore_errors=True)  # kept only to look into a failure
         else:
-            print(f"chaos: data dirs and logs kept in {workdir}", file=sys.stderr)
+            print(f"{name}: data dirs and logs kept in {workdir}", file=sys.stderr)
     return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    workdir = Path(tempfile.mkdtemp(prefix="gossipflow-chaos."))
+    return run_script("chaos", lambda: Run(args, workdir), args.keep_dir, workdir)
 
 
 if __name__ == "__main__":

@@ -59,7 +59,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import chaos  # noqa: E402  (scripts/chaos.py: daemons, flows, checks)
-from chaos import (GENERATE, GENERATE_FLOW, ROOT, ChaosError, Daemon, Interrupted,  # noqa: E402
+from chaos import (GENERATE, GENERATE_FLOW, ROOT, ChaosError, Daemon,  # noqa: E402
                    Run, count_words, say, stop_all, write_corpus)
 
 from daemon.errors import NodeUnreachableError  # noqa: E402
@@ -671,44 +671,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"nemesis: needs root and `ip netns`: {why}", file=sys.stderr)
         return 2
 
-    def interrupted(signum: int, frame: Any) -> None:
-        raise Interrupted(signum)
-
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, interrupted)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
     net = Network(args.daemons)
     atexit.register(net.cleanup)  # also if something below escapes the finally
     workdir = Path(tempfile.mkdtemp(prefix="gossipflow-nemesis."))
-    run = Nemesis(args, workdir, net)
-    code = 1
     try:
-        code = 0 if run.run() else 1
-    except ChaosError as err:
-        print(f"nemesis: {err}", file=sys.stderr)
-    except KeyboardInterrupt:
-        print("nemesis: interrupted (Ctrl-C)", file=sys.stderr)
-        code = 130
-    except Interrupted as err:
-        print(f"nemesis: interrupted ({err})", file=sys.stderr)
-        code = 128 + err.signum
+        return chaos.run_script("nemesis", lambda: Nemesis(args, workdir, net), args.keep_dir,
+                                workdir)
     finally:
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            signal.signal(sig, signal.SIG_IGN)  # let the cleanup finish
-        try:
-            run.stop_everything()
-        finally:
-            net.cleanup()
-        if code == 1 and run.daemons:
-            print("\nlast lines of each daemon's log:", file=sys.stderr)
-            for d in run.daemons:
-                print(f"--- {d.name} ({d.address}, {d.starts} starts, {d.log_path})\n"
-                      f"{d.log_tail(25)}", file=sys.stderr)
-        if code in (0, 130, 128 + signal.SIGTERM, 128 + signal.SIGHUP) and not args.keep_dir:
-            shutil.rmtree(workdir, ignore_errors=True)
-        else:
-            print(f"nemesis: data dirs and logs kept in {workdir}", file=sys.stderr)
-    return code
+        net.cleanup()
 
 
 if __name__ == "__main__":
