@@ -116,3 +116,17 @@ def choose(answers: Mapping[str, Answer], me: str) -> Choice:
                                       f"{','.join(last_set)} answered with its copy")
     best = max(answers, key=lambda m: (answers[m].position, m == me))
     return Choice(best, last_set, "")
+
+
+def stale(last: int, epoch: int, accepted: tuple[int, tuple[str, ...]], me: str) -> bool:
+    """Whether ``me`` may drop its copy of a task (``last`` commits, the last at ``epoch``),
+    keeping its vote: a set without ``me`` was accepted at a newer epoch than the copy's.
+    That set was synced and sealed before it was accepted, so every later takeover
+    reads from it (or a later one) and this copy is never the newest again.
+
+    >>> stale(9, 3, (5, ("b", "c")), "a"), stale(9, 5, (5, ("b", "c")), "a")
+    (True, False)
+    >>> stale(9, 3, (5, ("a", "c")), "a"), stale(0, 0, (5, ("b", "c")), "a")
+    (False, False)
+    """
+    return bool(last) and accepted[0] > epoch and me not in accepted[1]

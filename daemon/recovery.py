@@ -26,8 +26,10 @@ store, so a crash mid-recovery resumes it.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
+
+import msgpack
 
 from .replication import ROUND_SHIFT
 from .store import Accepted, Store, TaskId
@@ -37,6 +39,11 @@ log = logging.getLogger("gossipflow.recovery")
 BUMP_ROUNDS = 1 << 16
 """Rounds a recovered promise jumps above the highest epoch seen: more than the takeover
 rounds that can be in flight at once (each round is one above the highest it saw)."""
+
+RETRY_EVERY = 1.0
+"""Seconds between rounds recovering one flow's votes."""
+META_KEY = "recovering"
+"""Store meta key: msgpack of the flows whose votes we lost (nil until the first view)."""
 
 Call = Callable[[str, str, Any, Callable[[Any], None]], None]
 
@@ -100,3 +107,56 @@ class Recovery:
                                  default=(0, ()))
             self.store.recover_vote(task, Accepted(epoch, members), bumped(seen))
         self.on_done(True)
+
+
+class LostVotes:
+    """Which flows this member must recover votes for, kept in its store.
+
+    ``flows`` is None from the start of a new store until the first view (we do not
+    know yet which flows we voted in: we vote in none), then the set still to recover.
+    """
+
+    def __init__(self, store: Store, me: str) -> None:
+        self.store, self.me = store, me
+        self.next_round: dict[str, float] = {}  # flow -> when a round may start
+        raw = store.get_meta(META_KEY)
+        if raw is None:
+            self.flows: set[str] | None = None if store.created else set()
+            if self.flows is None:
+                self._save()  # before any vote is asked of us
+        else:
+            flows = msgpack.unpackb(raw)
+            self.flows = None if flows is None else set(flows)
+
+    def votes(self, flow: str) -> bool:
+        """Whether our promises and accepts count for ``flow`` (any thread)."""
+        flows = self.flows
+        return flows is not None and flow not in flows
+
+    def joined(self, flows: Iterable[str]) -> None:
+        """The first view: ``flows`` (those we are a voter of) are the ones to recover,
+        if our store is new."""
+        if self.flows is None:
+            self.flows = set(flows)
+            self._save()
+            log.info("event=votes_lost member=%s flows=%s", self.me,
+                     ",".join(sorted(self.flows)) or "-")
+
+    def due(self, flow: str, now: float) -> bool:
+        """Whether a round for ``flow`` may start now (then the next is RETRY_EVERY on)."""
+        if now < self.next_round.get(flow, 0.0):
+            return False
+        self.next_round[flow] = now + RETRY_EVERY
+        return True
+
+    def done(self, flow: str, why: str) -> None:
+        """``flow`` needs no more recovery: recovered, or it stopped."""
+        if self.flows and flow in self.flows:
+            self.flows.discard(flow)
+            self.next_round.pop(flow, None)
+            self._save()
+            log.info("event=votes_%s member=%s flow=%s", why.replace(" ", "_"), self.me, flow)
+
+    def _save(self) -> None:
+        flows = None if self.flows is None else sorted(self.flows)
+        self.store.put_meta(META_KEY, msgpack.packb(flows))

@@ -32,17 +32,15 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-import msgpack
-
 from nodes import FlowError, load_flow
 from nodes.plan import plan as make_plan
 
 from .errors import GossipflowError, StaleCommitError, StoreFullError
 from .handover import Handover
-from .ownership import quorate, voters
+from .ownership import quorate, stale, voters
 from .placement import place
 from .publish import PublishBuffer
-from .recovery import Recovery
+from .recovery import LostVotes, Recovery
 from .registry import FlowRecord
 from .replication import ReplicaServer, epoch_after
 from .store import Store, TaskId
@@ -63,10 +61,6 @@ REPORT_EVERY = 0.05
 """Seconds between progress reports to the event loop."""
 STEP_BUDGET = 0.05
 """Seconds of task steps between two looks at what arrived (views, acks, answers)."""
-RETRY_RECOVERY = 1.0
-"""Seconds between rounds recovering the votes of a lost store (:mod:`daemon.recovery`)."""
-RECOVERING = "recovering"
-"""Store meta key: msgpack of the flows whose votes we lost (nil until the first view)."""
 DROP_STALE_EVERY = 5.0
 """Seconds between looks for stale copies to drop (:meth:`Runtime._drop_stale`)."""
 RETRY_TAKEOVER = 0.3
@@ -156,12 +150,10 @@ class Runtime:
                  batch_size: int = 1000) -> None:
         self.me, self.partitions, self.replicas = me, partitions, replicas
         self.store, self.hooks, self.batch_size = store, hooks, batch_size
-        self.recovering = self._load_recovering()
-        """Flows whose votes this member lost with its store and has not recovered
-        (:mod:`daemon.recovery`); None until the first view says which."""
-        self._recovery_at: dict[str, float] = {}  # flow -> when a round may start next
+        self.lost_votes = LostVotes(store, me)
+        """Flows whose votes this member lost with its store (:mod:`daemon.recovery`)."""
         self._drop_at = 0.0
-        self.server = ReplicaServer(store, running=self._runs, votes=self._votes)
+        self.server = ReplicaServer(store, running=self._runs, votes=self.lost_votes.votes)
         self.flows: dict[str, RunningFlow] = {}
         self._records: dict[str, FlowRecord] = {}  # name -> latest record seen
         self._inbox: queue.Queue = queue.Queue()
@@ -273,63 +265,32 @@ class Runtime:
 
     # ------------------------------------------------------------------ lost votes
 
-    def _load_recovering(self) -> set[str] | None:
-        raw = self.store.get_meta(RECOVERING)
-        if raw is None:
-            if not self.store.created:
-                return set()
-            self.store.put_meta(RECOVERING, msgpack.packb(None))  # before any vote is asked
-            return None
-        flows = msgpack.unpackb(raw)
-        return None if flows is None else set(flows)
-
-    def _save_recovering(self) -> None:
-        flows = None if self.recovering is None else sorted(self.recovering)
-        self.store.put_meta(RECOVERING, msgpack.packb(flows))
-
-    def _votes(self, flow: str) -> bool:
-        """Whether our promises and accepts count for ``flow`` (read from the pipe's
-        thread too)."""
-        recovering = self.recovering
-        return recovering is not None and flow not in recovering
-
     def _recover(self, now: float) -> None:
-        """One recovery round per flow whose votes we lost, once a second at most."""
-        for fid in sorted(self.recovering or ()):
+        """A round recovering each flow's lost votes, once a second at most."""
+        for fid in sorted(self.lost_votes.flows or ()):
             running = self.flows.get(fid)
             record = self._records.get(fid.rpartition("@")[0])
             if running is None and (record is None or flow_id(record) != fid
                                     or record.status != "running"):
-                self._recovered(fid, "flow stopped")
-                continue
-            if running is None or now < self._recovery_at.get(fid, 0.0) \
-                    or not self.quorate(running):
-                continue
-            self._recovery_at[fid] = now + RETRY_RECOVERY
-            tasks = [t for p in range(self.partitions) for t in running.task_ids(p)]
-            Recovery(self.me, self.store, self._call, tasks, list(self.view),
-                     self.voters(running),
-                     lambda ok, fid=fid: ok and self._recovered(fid, "recovered")).start()
-
-    def _recovered(self, fid: str, why: str) -> None:
-        if self.recovering and fid in self.recovering:
-            self.recovering.discard(fid)
-            self._save_recovering()
-            log.info("event=votes_%s member=%s flow=%s", why.replace(" ", "_"), self.me, fid)
+                self.lost_votes.done(fid, "flow stopped")
+            elif running is not None and self.quorate(running) \
+                    and self.lost_votes.due(fid, now):
+                tasks = [t for p in range(self.partitions) for t in running.task_ids(p)]
+                Recovery(self.me, self.store, self._call, tasks, list(self.view),
+                         self.voters(running), lambda ok, fid=fid: ok and self.lost_votes.done(
+                             fid, "recovered")).start()
 
     def _drop_stale(self) -> None:
         """Drop the copies this member holds of tasks whose replica set moved on without
-        it: a set it is not in was accepted at a newer epoch than its copy's. That set
-        was synced and sealed before it was accepted, so every later takeover reads from
-        it (or a later one) and ours is never the newest again; our vote stays."""
+        it (:func:`daemon.ownership.stale`); its votes stay."""
         dropped: dict[str, int] = {}
         for task in self.store.tasks():
             running = self.flows.get(task.flow)
             if running is not None and (task.partition in running.active
                                         or task.partition in running.takeovers):
                 continue
-            meta, accepted = self.store.task_meta(task), self.store.accepted(task)
-            if meta.last and accepted.epoch > meta.epoch and self.me not in accepted.members:
+            meta = self.store.task_meta(task)
+            if stale(meta.last, meta.epoch, self.store.accepted(task), self.me):
                 size = self.store.drop_copy(task)
                 dropped[task.flow] = dropped.get(task.flow, 0) + size
         for fid, size in sorted(dropped.items()):
@@ -389,12 +350,8 @@ class Runtime:
         self.view = sorted((set(alive) | {self.me}) - self.forgotten)
         self.sets = place(self.view, self.partitions, self.replicas)
         self.has_view = True
-        if self.recovering is None:  # our store is new: which flows did we vote in?
-            self.recovering = {flow_id(r) for r in self._records.values()
-                               if r.status == "running" and self.me in r.members}
-            self._save_recovering()
-            log.info("event=votes_lost member=%s flows=%s", self.me,
-                     ",".join(sorted(self.recovering)) or "-")
+        self.lost_votes.joined(flow_id(r) for r in self._records.values()
+                               if r.status == "running" and self.me in r.members)
         log.info("event=view member=%s alive=%s", self.me, ",".join(self.view))
         now = time.monotonic()
         for running in list(self.flows.values()):
@@ -689,7 +646,7 @@ class Runtime:
                     self._to_replicate.add(task)
 
     def _housekeeping(self, now: float) -> None:
-        if self.recovering:
+        if self.lost_votes.flows:
             self._recover(now)
         if now >= self._drop_at:
             self._drop_at = now + DROP_STALE_EVERY

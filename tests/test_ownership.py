@@ -354,3 +354,24 @@ def test_a_voter_that_lost_its_store_recovers_its_votes_before_voting(
                               {0: ["d", "e"]}, ["c", "d", "e"], voters=frozenset(FIVE))
     assert ready == [] and failed  # c's recovered vote names [a, b]: the partition waits
     assert cluster.stores["d"].task_meta(t).last == 0
+
+
+def test_lost_votes_are_kept_in_the_store_until_recovered(tmp_path: Any) -> None:
+    """A new store votes in nothing until the first view names the flows it voted in;
+    those stay unvoted, across a restart, until recovered; an old store votes at once."""
+    from daemon.recovery import LostVotes
+    from daemon.store import Store
+
+    with Store(tmp_path / "s", sync=False) as store:
+        lost = LostVotes(store, "a")
+        assert not lost.votes("f") and not lost.votes("g")
+        lost.joined(["f"])
+        assert not lost.votes("f") and lost.votes("g")
+        assert lost.due("f", 0.0) and not lost.due("f", 0.5) and lost.due("f", 1.0)
+    with Store(tmp_path / "s", sync=False) as store:  # a crash mid-recovery: still lost
+        lost = LostVotes(store, "a")
+        assert not lost.votes("f") and lost.votes("g")
+        lost.done("f", "recovered")
+        assert lost.votes("f")
+    with Store(tmp_path / "s", sync=False) as store:
+        assert LostVotes(store, "a").votes("f")

@@ -213,10 +213,13 @@ class CutRun:
         say(f"run {self.number}: healed after {healed - cut_at:.1f} s")
 
         active = placed = None
+        next_status = 0.0  # the ring is asked as often as it answers, the status every 0.25 s
         while (done is None or active is None or placed is None) \
                 and time.monotonic() < deadline:
-            if done is None and self.status(name) != "running":
-                done = time.monotonic()
+            if done is None and time.monotonic() >= next_status:
+                next_status = time.monotonic() + 0.25
+                if self.status(name) != "running":
+                    done = time.monotonic()
             if done is None and (active is None or placed is None):
                 ring = c.ring()
                 now = time.monotonic()
@@ -228,7 +231,8 @@ class CutRun:
                     placed = now
             elif done is not None:
                 break  # done: its partitions left the ring
-            time.sleep(0.05)
+            else:
+                time.sleep(0.05)
         if done is None:
             raise Problem(f"{name} still running {a.timeout:g} s after the heal")
         say(f"run {self.number}: {name} done {done - healed:.1f} s after the heal, "
