@@ -12,9 +12,11 @@ writer, ``--words`` words drawn with ``--seed``):
   submission the members are split 3|2 (blackhole routes both ways between the
   groups), held ``--hold`` s (default 8), then healed. From the heal:
 
-  - active: the first ``ring`` (polled through one daemon, every ~0.1 s plus its
-    answer time) in which that daemon sees all five members, every member answered,
-    and every partition of the flow is ``active`` on exactly one member;
+  - active: the first ``ring`` (polled through one daemon as fast as it answers; each
+    member's worker reports its partitions every 0.3 s) in which that daemon sees all
+    five members, every member answered, and every partition of the flow is ``active``
+    on exactly one member (``-`` if the flow completed before a ring showed that: with
+    a small corpus the last activation comes a fraction of a second before the end);
   - placed: the same, and every partition is held by its placed primary alone, with its
     placed replicas (no copy, handover or takeover left);
   - last activation: the last ``event=partition_active`` of the flow in any daemon's log
@@ -46,7 +48,6 @@ import signal
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from datetime import datetime
 from pathlib import Path
@@ -302,24 +303,21 @@ def main(argv: list[str] | None = None) -> int:
     top = Path(tempfile.mkdtemp(prefix="gossipflow-cut."))
     flowdir = top / "flow"
     corpus = flowdir / "corpus"
-    written = write_corpus(corpus, args.words, args.seed)
-    size = sum(p.stat().st_size for p in corpus.glob("*.txt"))
-    say(f"corpus: {written} words ({size / 1e6:.1f} MB), seed {args.seed}, in {corpus}")
-    counted: list[collections.Counter] = []
-    counting = threading.Thread(target=lambda: counted.append(count_words(corpus)),
-                                name="counter", daemon=True)
-    counting.start()
-
     rows: list[tuple[int, dict[str, float], str]] = []
     failures: list[str] = []
+    written = 0
     code = 1
     run: CutRun | None = None
     try:
-        counting.join()
-        if not counted or sum(counted[0].values()) != written:
-            raise ChaosError("counting the corpus's words failed or read back a wrong total")
+        written = write_corpus(corpus, args.words, args.seed)
+        size = sum(p.stat().st_size for p in corpus.glob("*.txt"))
+        say(f"corpus: {written} words ({size / 1e6:.1f} MB), seed {args.seed}, in {corpus}")
+        expected = count_words(corpus)
+        if sum(expected.values()) != written:
+            raise ChaosError(f"the corpus reads back as {sum(expected.values())} words, "
+                             f"not {written}")
         for number in range(1, args.runs + 1):
-            run = CutRun(number, args, top, net, flowdir, counted[0])
+            run = CutRun(number, args, top, net, flowdir, expected)
             try:
                 row = run.run()
             except Problem as err:
