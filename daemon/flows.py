@@ -33,6 +33,9 @@ committing every batch in it) before sending those batches again."""
 REPLICATE_TIMEOUT = 3.0
 """Seconds to wait for the answer to a replication request (commits, promise, snapshot)."""
 VIEW_EVERY = 0.2
+FIRST_VIEW_WAIT = 2.0
+"""Push-pull intervals a member with a new store and no seeds waits for a peer's registry
+before its first view."""
 """Seconds between checks that the runtime has the current view of the cluster."""
 
 
@@ -52,24 +55,42 @@ class FlowService:
         """Members removed for good (``gossipflow forget``): they vote in no flow again.
         Grow-only, spread by push-pull and kept in the data dir."""
         self._load()
-        node.membership.add_state_exchange("fl", self.registry.to_wire, self.registry.merge_wire)
+        self._new_store = not (node.data_dir / "store" / "data.mdb").exists()
+        self._exchanged = False
+        """Whether a peer's registry reached us in a push-pull (see :meth:`view_changed`)."""
+        node.membership.add_state_exchange("fl", self.registry.to_wire, self._merge_registry)
         node.membership.add_state_exchange("pg", self._progress_out, self.merge_progress)
         node.membership.add_state_exchange("fg", lambda: sorted(self.forgotten),
                                            self.merge_forgotten)
         self._view: tuple | None = None
 
     def start(self) -> None:
+        self._started = self.node.loop.clock.now()
         self.runtime.start(self.node.loop, self.node.worker_died)
         self._check_view()
+
+    def _merge_registry(self, items: list) -> None:
+        self._exchanged = True
+        self.registry.merge_wire(items)
 
     def _check_view(self) -> None:
         self.view_changed()
         self.node.loop.clock.call_later(VIEW_EVERY, self._check_view)
 
     def view_changed(self) -> None:
-        """Give the runtime the members alive and the members forgotten, once joined."""
+        """Give the runtime the members alive and the members forgotten, once joined.
+
+        A member whose store is new takes the flows it knows at its first view as those
+        whose votes it lost (:mod:`daemon.recovery`): without seeds it is joined at
+        once, knowing no flow yet, so its first view waits for a peer's registry (the
+        others reach it within their push-pull or reconnect interval), or for
+        FIRST_VIEW_WAIT push-pull intervals if none comes (a cluster of one)."""
         membership = self.node.membership
         if not membership.joined:
+            return
+        if self._new_store and not self._exchanged and self._view is None and \
+                self.node.loop.clock.now() - self._started < \
+                FIRST_VIEW_WAIT * self.node.config.push_pull_interval:
             return
         view = (sorted(m.name for m in membership.live_members()), sorted(self.forgotten))
         if view != self._view:

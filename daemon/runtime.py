@@ -61,6 +61,9 @@ REPORT_EVERY = 0.05
 """Seconds between progress reports to the event loop."""
 STEP_BUDGET = 0.05
 """Seconds of task steps between two looks at what arrived (views, acks, answers)."""
+CHECK_REPLICAS_EVERY = 2.0
+"""Seconds between asking each replica how far its copies are: one restarted with a wiped
+store is found even when no commit goes to it (a done task of a completed flow)."""
 DROP_STALE_EVERY = 5.0
 """Seconds between looks for stale copies to drop (:meth:`Runtime._drop_stale`)."""
 RETRY_TAKEOVER = 0.3
@@ -72,6 +75,12 @@ HANDOVER_POLL = 0.1
 WAIT_FOR_HANDOVER = 30.0
 """Seconds we wait for a member still running a partition of ours to hand it over (it
 gives up copying sooner, see handover.TIMEOUT); then we take it over regardless."""
+
+
+PLACED = ("running", "completed")
+"""Flows whose partitions stay placed (taken over, handed over, replicated): a completed
+flow's tasks are done and idle, but its table must outlive the loss of its members as
+a running flow's does. A cancelled or failed flow keeps what its members hold."""
 
 
 def flow_id(record: FlowRecord) -> str:
@@ -152,7 +161,7 @@ class Runtime:
         self.store, self.hooks, self.batch_size = store, hooks, batch_size
         self.lost_votes = LostVotes(store, me)
         """Flows whose votes this member lost with its store (:mod:`daemon.recovery`)."""
-        self._drop_at = 0.0
+        self._drop_at = self._check_at = 0.0
         self.server = ReplicaServer(store, running=self._runs, votes=self.lost_votes.votes)
         self.flows: dict[str, RunningFlow] = {}
         self._records: dict[str, FlowRecord] = {}  # name -> latest record seen
@@ -271,7 +280,7 @@ class Runtime:
             running = self.flows.get(fid)
             record = self._records.get(fid.rpartition("@")[0])
             if running is None and (record is None or flow_id(record) != fid
-                                    or record.status != "running"):
+                                    or record.status not in PLACED):
                 self.lost_votes.done(fid, "flow stopped")
             elif running is not None and self.quorate(running) \
                     and self.lost_votes.due(fid, now):
@@ -296,6 +305,33 @@ class Runtime:
         for fid, size in sorted(dropped.items()):
             log.info("event=stale_copies_dropped member=%s flow=%s bytes=%d", self.me, fid, size)
 
+    def _check_replicas(self) -> None:
+        """Ask each replica of our running tasks how far its copies are (``probe``); a
+        copy behind what it acknowledged was lost (:meth:`_lost_copy`)."""
+        asked: dict[str, list[PartitionTask]] = {}
+        for running in self.flows.values():
+            for task in running.tasks.values():
+                for member in task.log.replicas:
+                    asked.setdefault(member, []).append(task)
+        for member, tasks in asked.items():
+            self._call(member, "probe", {"tasks": [list(t.id) for t in tasks]},
+                       lambda answer, m=member, ts=tasks: self._probed(m, ts, answer))
+
+    def _probed(self, member: str, tasks: list[PartitionTask], answer: Any) -> None:
+        if not (isinstance(answer, list) and len(answer) == len(tasks)):
+            return  # no answer: the view will tell if it is gone
+        for task, meta in zip(tasks, answer):
+            if self._current(task) and isinstance(meta, list) and meta \
+                    and type(meta[0]) is int and task.log.lost(member, meta[0]):
+                self._lost_copy(task, member, meta[0])
+
+    def _lost_copy(self, task: PartitionTask, member: str, last: int) -> None:
+        """Replica ``member`` lost commits it had acknowledged (a wiped store, a power
+        loss): only a snapshot brings it back, and the takeover that follows sends one."""
+        log.warning("event=replica_lost_data member=%s task=%s replica=%s last=%d "
+                    "acknowledged=%d", self.me, task.id, member, last, task.log.acked[member])
+        self._deactivate(self.flows[task.id.flow], task.partition, "replica lost data")
+
     def _runs(self, task: TaskId) -> bool:
         """Whether ``task`` runs here (asked from the pipe's thread: reads only)."""
         running = self.flows.get(task.flow)
@@ -309,12 +345,14 @@ class Runtime:
     def _on_flow(self, record: FlowRecord) -> None:
         self._records[record.name] = record
         for fid in [fid for fid, f in self.flows.items() if f.record.name == record.name]:
-            if fid != flow_id(record) or record.status != "running":
+            if fid != flow_id(record) or record.status not in PLACED:
                 log.info("event=flow_stopped member=%s flow=%s status=%s",
                          self.me, fid, record.status)
                 self._final[fid] = self._figures(self._stop(fid))
+            else:
+                self.flows[fid].record = record
         self._drop_replaced(record)
-        if record.status != "running" or flow_id(record) in self.flows:
+        if record.status not in PLACED or flow_id(record) in self.flows:
             return
         try:
             running = RunningFlow(record, self.partitions, self.replicas, self.store,
@@ -351,7 +389,7 @@ class Runtime:
         self.sets = place(self.view, self.partitions, self.replicas)
         self.has_view = True
         self.lost_votes.joined(flow_id(r) for r in self._records.values()
-                               if r.status == "running" and self.me in r.members)
+                               if r.status in PLACED and self.me in r.members)
         log.info("event=view member=%s alive=%s", self.me, ",".join(self.view))
         now = time.monotonic()
         for running in list(self.flows.values()):
@@ -633,12 +671,7 @@ class Runtime:
                          self.me, task.id, member, task.epoch, got[1])
                 self._deactivate(self.flows[task.id.flow], task.partition, "stale")
             elif task.log.lost(member, got[0]):
-                # it lost commits it had acknowledged (a wiped store, a power loss): only a
-                # snapshot brings it back, and the takeover that follows sends one
-                log.warning("event=replica_lost_data member=%s task=%s replica=%s last=%d "
-                            "acknowledged=%d", self.me, task.id, member, got[0],
-                            task.log.acked[member])
-                self._deactivate(self.flows[task.id.flow], task.partition, "replica lost data")
+                self._lost_copy(task, member, got[0])
             else:
                 task.on_replicated(member, got[0])
                 self._ready[task.id] = task
@@ -651,6 +684,9 @@ class Runtime:
         if now >= self._drop_at:
             self._drop_at = now + DROP_STALE_EVERY
             self._drop_stale()
+        if now >= self._check_at:
+            self._check_at = now + CHECK_REPLICAS_EVERY
+            self._check_replicas()
         self.pressure.outbox_bytes = sum(task.pending_bytes for running in self.flows.values()
                                          for task in running.tasks.values())
         for running in list(self.flows.values()):

@@ -183,15 +183,10 @@ class PartitionTask:
         self.log = ReplicaLog(replicas, self.number)
         self.offsets = {k: unpack(v) for k, v in store.offsets(self.id).items()}
         self.marks = store.marks(self.id)
-        self.state: dict | None = None
+        self._state: dict | None = None
         self.table_is_state = table_holding_state(stage, ctx.plan)
         """The table sink whose rows are this task's keyed state, if any: then the state
         is not written twice (count().sink(table()) and the like)."""
-        if stage.head is not None:
-            prefix = table_prefix(self.table_is_state) if self.table_is_state else STATE
-            self.state = {unpack(k[len(prefix):]): unpack(v)
-                          for k, v in store.iter_state(self.id, start=prefix)
-                          if k.startswith(prefix)}
         self.next_seq = store.next_sequences(self.id)
         self.pending: dict[str, deque[tuple[int, bytes]]] = {}
         for dest, seq, payload in store.outbox(self.id):
@@ -230,6 +225,18 @@ class PartitionTask:
             self.idle = partition not in owners
             self.unread = [i for i, p in enumerate(owners) if p == partition
                            and not self.offsets.get(f"d{i}")]
+
+    @property
+    def state(self) -> dict | None:
+        """The keyed state (None for a stateless stage), read from the store when first
+        needed: a done task of a completed flow, kept placed so that its results stay
+        replicated, never holds it in memory."""
+        if self._state is None and self.stage.head is not None:
+            prefix = table_prefix(self.table_is_state) if self.table_is_state else STATE
+            self._state = {unpack(k[len(prefix):]): unpack(v)
+                           for k, v in self.ctx.store.iter_state(self.id, start=prefix)
+                           if k.startswith(prefix)}
+        return self._state
 
     # ------------------------------------------------------------------ progress
 
@@ -396,7 +403,7 @@ class PartitionTask:
                     self.offsets[f"eos:{batch.origin}"] = True
                     commit.offsets[f"eos:{batch.origin}"] = pack(True)
             replies.append((batch.reply, self.marks.get(batch.origin, 0)))
-        if self.table_is_state:
+        if self.table_is_state or not out.touched:
             return  # the table sink writes the changed keys' rows, which are the state
         state, puts = self.state, commit.state_puts
         for key in out.touched:

@@ -373,8 +373,8 @@ def test_churn_leaves_each_member_holding_its_share(cluster: Cluster, tmp_path: 
                for k, (c, total) in rows.items()), rows
 
 
-def flow_id_of(cluster: Cluster, name: str = "forever") -> str:
-    record = flow_record(cluster, "n0", name)
+def flow_id_of(cluster: Cluster, name: str = "forever", node: str = "n0") -> str:
+    record = flow_record(cluster, node, name)
     return f"{name}@{record['run']}"
 
 
@@ -429,3 +429,44 @@ def test_a_partition_of_200_mb_is_copied_to_a_joining_member_while_it_runs(
     wrong = {k: v[:2] for k, v in rows.items()
              if v[0] < 1 or v[1] != int(k[1:]) + BIG_KEYS * (v[0] - 1)}
     assert not wrong, f"keys whose records were lost or counted twice: {list(wrong.items())[:5]}"
+
+
+def test_a_completed_flow_outlives_every_member_losing_its_data_in_turn(
+        cluster: Cluster, tmp_path: Path) -> None:
+    """A word count completes on three daemons (R=2); then each daemon in turn is killed,
+    its data dir wiped, and restarted. A completed flow stays placed, so its partitions
+    are copied back to R members before the next loss: every copy that existed at the
+    end has been wiped, and the table is still exact on every member."""
+    import shutil
+
+    cluster.start_many(THREE, replicas=2, partitions=16)
+    assert submit(cluster, "n0", write(tmp_path, "wc.py", WORDCOUNT), "--wait").returncode == 0
+
+    def settled() -> bool:
+        placement = cluster.request("n0", "ring")["placement"]
+        parts = running(cluster, "n0")
+        return all({m for m, s in parts.get(p, {}).items() if s["state"] == "active"} == {r[0]}
+                   and parts[p][r[0]]["replicas"] == r[1:] for p, r in enumerate(placement))
+
+    def copies() -> dict[str, int]:
+        return {n: cluster.request(n, "usage", timeout=10.0).get(flow_id_of(cluster, "wordcount"),
+                                                                   {}).get("tasks", 0)
+                for n in THREE}
+
+    wait_for(settled, 60, interval=0.2, message="every partition placed and replicated")
+    total = sum(copies().values())  # R copies of every task with data
+    assert total > 0
+    for victim in THREE:
+        wait_for(lambda: settled() and sum(copies().values()) == total, 60, interval=0.5,
+                 message=f"every task has R copies again: {copies()}")
+        cluster.kill(victim, signal.SIGKILL)
+        assert cluster.wait_exit(victim) == -signal.SIGKILL
+        shutil.rmtree(cluster[victim].data_dir)
+        cluster.restart(victim)
+        cluster.wait_converged(THREE, timeout=30)
+    wait_for(lambda: settled() and sum(copies().values()) == total, 60, interval=0.5,
+             message=f"every task has R copies again: {copies()}")
+    expected = stdlib_counts()
+    assert flow_record(cluster, "n2", "wordcount")["status"] == "completed"
+    for node in THREE:
+        assert table(cluster, node, "wordcount") == expected
