@@ -40,7 +40,10 @@ LAG = WINDOW
 MAX_LEARNER_LAG = 4096
 """Commits kept for a learner that falls this far behind: then it is copied afresh."""
 TIMEOUT = 20.0
-"""Seconds before a handover gives up copying and steps down regardless."""
+"""Seconds before a handover gives up copying and steps down regardless..."""
+COPY_RATE = 4 << 20
+"""... plus a second per this many bytes of snapshot (a conservative copy rate here, where
+a busy 2-core machine moved 10 MB/s): a big partition gets the time its copy takes."""
 COPY_AGAIN_AFTER = 0.5
 """Seconds between a copy failing and the next attempt (each takes a fresh snapshot)."""
 
@@ -65,6 +68,8 @@ class Handover:
         self.draining = False
         self.cancelled = False
         self.copies = 0
+        self.copied_bytes = 0
+        """Bytes of the largest snapshot sent (to each learner): the timeout grows with it."""
 
     def start(self) -> None:
         for task in self.tasks:
@@ -80,7 +85,7 @@ class Handover:
 
     def check(self, now: float) -> str:
         """Move on if it can: "copying", "draining", "done" (step down now) or "timeout"."""
-        if now - self.started > TIMEOUT:
+        if now - self.started > TIMEOUT + self.copied_bytes / COPY_RATE:
             return "timeout"
         for task in self.tasks:
             for learner in self.learners:
@@ -111,6 +116,7 @@ class Handover:
         """Send ``learners`` one snapshot of ``task`` at its last commit; commits follow."""
         last = task.number
         chunks = list(self.store.snapshot(task.id))
+        self.copied_bytes = max(self.copied_bytes, sum(map(len, chunks)))
         for learner in learners:
             task.log.drop_learner(learner)
             task.log.add_learner(learner, last)

@@ -72,9 +72,10 @@ DISK_FULL_RETRY = 1.0
 """Seconds a partition whose commit found the disk full pauses before it tries again."""
 HANDOVER_POLL = 0.1
 """Seconds between asking whether the member handing a partition to us has stepped down."""
-WAIT_FOR_HANDOVER = 30.0
+WAIT_FOR_HANDOVER = 120.0
 """Seconds we wait for a member still running a partition of ours to hand it over (it
-gives up copying sooner, see handover.TIMEOUT); then we take it over regardless."""
+gives up copying sooner, see handover.TIMEOUT: 20 s plus 1 s per 4 MiB of snapshot);
+then we take it over regardless. The partition runs meanwhile, on that member."""
 
 
 PLACED = ("running", "completed")

@@ -14,16 +14,19 @@ The serving side is :class:`~daemon.replication.ReplicaServer`.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable
 from typing import Any
 
 from .store import TaskId
 
+log = logging.getLogger("gossipflow.transfer")
+
 TRIES = 4
 """Times in a row a transfer may go without progress (a chunk unanswered, or the other
 side lost what it had) before it gives up."""
-WINDOW = 16
+WINDOW = 32
 """Chunks in flight at once: a transfer's pace must not hang on one round trip each (the
 runtime thread that sends the next chunk may be busy in a step for a while)."""
 
@@ -82,6 +85,8 @@ class Push:
             self.acked = 0  # it lost what it had staged (restarted, or staged too long)
         self.outstanding -= 1
         if self.outstanding == 0:  # the round is over and the copy is not complete
+            log.debug("event=transfer_round to=%s task=%s round=%d acked=%d of=%d", self.member,
+                     self.args["task"], self.round, self.acked, len(self.chunks))
             self.tries = 0 if self.progressed else self.tries + 1
             if self.tries >= TRIES:
                 self._finish(None)
