@@ -52,6 +52,7 @@ import xxhash
 
 from .errors import NotVotingError, StaleCommitError
 from .store import Commit, Store, TaskId, TaskMeta
+from .transfer import parts_of
 
 ROUND_SHIFT = 32
 """Epoch = round << ROUND_SHIFT | hash of the proposer's name (low bits)."""
@@ -244,12 +245,14 @@ class ReplicaServer:
         if kind == "restore_part":
             return self.restore_part(TaskId(*args["task"]), int(args["epoch"]),
                                      str(args["xfer"]), int(args["index"]), int(args["count"]),
-                                     args["chunk"])
+                                     list(args["chunks"]))
         if kind == "restore":
             return self.restore(TaskId(*args["task"]), int(args["epoch"]), args["chunks"])
         if kind == "accept":
-            return self.accept([TaskId(*t) for t in args["tasks"]], int(args["epoch"]),
-                               [str(m) for m in args["members"]])
+            tasks, sets = [TaskId(*t) for t in args["tasks"]], args["sets"]
+            if len(sets) != len(tasks):
+                raise ValueError("accept needs one replica set per task")
+            return self.accept(tasks, int(args["epoch"]), [[str(m) for m in s] for s in sets])
         raise ValueError(f"unknown replication request {kind!r}")
 
     def promise(self, tasks: list[TaskId], epoch: int) -> list[list]:
@@ -270,10 +273,10 @@ class ReplicaServer:
             out.append([max(meta.epoch, meta.promised), accepted.epoch, list(accepted.members)])
         return out
 
-    def accept(self, tasks: list[TaskId], epoch: int, members: list[str]) -> list[int]:
-        """Accept ``members`` as the replica set of each task at ``epoch``; answer per
+    def accept(self, tasks: list[TaskId], epoch: int, sets: list[list[str]]) -> list[int]:
+        """Accept ``sets[i]`` as the replica set of ``tasks[i]`` at ``epoch``; answer per
         task the highest epoch promised here (``epoch`` itself means accepted)."""
-        return [self.store.accept(task, epoch, members) for task in tasks]
+        return [self.store.accept(task, epoch, members) for task, members in zip(tasks, sets)]
 
     def probe(self, tasks: list[TaskId]) -> list[list[int]]:
         """Per task [last, epoch, promised, 1 if it runs here else 0]; promises nothing."""
@@ -295,8 +298,8 @@ class ReplicaServer:
                 for c in commits]
 
     def snapshot_part(self, task: TaskId, xfer: str, index: int) -> dict[str, Any]:
-        """Chunk ``index`` of our snapshot of ``task``, read once per transfer (at chunk 0);
-        index -1: the transfer is over."""
+        """Part ``index`` (:func:`~daemon.transfer.parts_of`) of our snapshot of ``task``,
+        read once per transfer (at part 0); index -1: the transfer is over."""
         with self._lock:
             _expire(self._serving)
             if index < 0:  # the asker has every chunk
@@ -306,16 +309,17 @@ class ReplicaServer:
             if not chunks:
                 if index:  # never mix chunks of two reads: the asker starts over
                     raise ValueError(f"transfer {xfer} of {task} is unknown or over")
-                chunks = list(self.store.snapshot(task))
+                chunks = parts_of(list(self.store.snapshot(task)))
             if index >= len(chunks):
-                raise ValueError(f"snapshot of {task} has {len(chunks)} chunks, not {index + 1}")
+                raise ValueError(f"snapshot of {task} has {len(chunks)} parts, not {index + 1}")
             self._serving[xfer] = (chunks, time.monotonic())
-        return {"count": len(chunks), "chunk": chunks[index]}
+        return {"count": len(chunks), "chunks": chunks[index]}
 
     def restore_part(self, task: TaskId, epoch: int, xfer: str, index: int, count: int,
-                     chunk: bytes) -> dict[str, int] | list[int]:
-        """Stage chunk ``index`` of ``count``; with the last, restore them all as
-        :meth:`restore` does and answer as it does. Else answer {"next": chunk wanted}."""
+                     chunk: list[bytes]) -> dict[str, int] | list[int]:
+        """Stage part ``index`` of ``count`` (a list of snapshot chunks); with the last,
+        restore them all as :meth:`restore` does and answer as it does. Else answer
+        {"next": part wanted}."""
         with self._lock:
             _expire(self._staged)
             staged = self._staged.get(xfer)
@@ -330,7 +334,7 @@ class ReplicaServer:
                 self._staged[xfer] = (task, chunks, time.monotonic())
                 return {"next": len(chunks)}
             self._staged.pop(xfer, None)
-        return self.restore(task, epoch, chunks)
+        return self.restore(task, epoch, [c for part in chunks for c in part])
 
     def restore(self, task: TaskId, epoch: int, chunks: list[bytes]) -> list[int]:
         """Replace our copy of ``task`` with the primary's; answer [last, promised]."""

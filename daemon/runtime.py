@@ -471,7 +471,8 @@ class Runtime:
             on_ready=lambda p: self._took_over(running, takeover, p),
             on_failed=lambda p, seen: self._takeover_failed(running, takeover, p, seen),
             defer_to_running=waiting,
-            on_deferred=lambda p: self._takeover_deferred(running, takeover, p))
+            on_deferred=lambda p: self._takeover_deferred(running, takeover, p),
+            soon=lambda fn: self.post("reply", lambda _: fn(), None))
         for p in partitions:
             running.takeovers[p] = takeover
         log.info("event=takeover_start member=%s flow=%s partitions=%d epoch=%d",

@@ -57,7 +57,8 @@ class Takeover:
                  members: list[str], voters: frozenset[str], on_ready: Callable[[int], None],
                  on_failed: Callable[[int, int], None],
                  defer_to_running: frozenset[int] = frozenset(),
-                 on_deferred: Callable[[int], None] = lambda p: None) -> None:
+                 on_deferred: Callable[[int], None] = lambda p: None,
+                 soon: Callable[[Callable[[], None]], None] = lambda fn: fn()) -> None:
         self.me, self.store, self.call, self.epoch = me, store, call, epoch
         self.tasks, self.sets, self.members = tasks, replica_sets, members
         self.voters = voters
@@ -71,6 +72,12 @@ class Takeover:
         self.metas: dict[TaskId, dict[str, Answer]] = {}
         self.waiting: dict[int, int] = {}  # partition -> calls outstanding in its step
         self.accepted: dict[int, set[str]] = {}  # partition -> members that accepted
+        self.soon = soon
+        """soon(fn): call fn soon, after what is being handled now (so that partitions
+        reaching the seal or accept step together share one request per member)."""
+        self.sealing: list[int] = []
+        self.accepting: list[int] = []
+        self.flushing = False
         self.dropped: set[int] = set()
         self.started = time.monotonic()
 
@@ -225,63 +232,92 @@ class Takeover:
     # ------------------------------------------------------------------ 4. seal
 
     def _seal(self, p: int) -> None:
-        entries = []
+        """Seal ``p`` here at once; its replicas get it in the next batch (:meth:`_flush`)."""
         try:
             for task in self.tasks[p]:
-                commit = Commit(task, self.epoch, self.store.task_meta(task).last + 1)
-                self.store.apply(commit)
-                entries.append([task.flow, task.stage, task.partition, commit.to_bytes()])
+                self.store.apply(Commit(task, self.epoch, self.store.task_meta(task).last + 1))
         except GossipflowError as err:  # a newer epoch was promised here, or the disk is full
             log.info("event=seal_failed member=%s partition=%d error=%r", self.me, p, str(err))
             self._fail(p, max(self.store.task_meta(t).promised for t in self.tasks[p]))
             return
-        replicas = self.sets[p][1:]
-        if not replicas:
-            self._accept(p)
-            return
-        lasts = [Commit.from_bytes(e[3]).number for e in entries]
-        self.waiting[p] = len(replicas)
-        for replica in replicas:
-            self.call(replica, "commits", entries,
-                      lambda answer, p=p: self._sealed(p, lasts, answer))
+        self._queue(self.sealing if self.sets[p][1:] else self.accepting, p)
 
-    def _sealed(self, p: int, lasts: list[int], answer: Any) -> None:
-        if p in self.dropped or p not in self.waiting:
-            return
-        if not (isinstance(answer, list) and len(answer) == len(lasts)
-                and all(_at(a, last, self.epoch) for a, last in zip(answer, lasts))):
-            self._fail(p, max((_seen(a) for a in answer), default=0)
-                       if isinstance(answer, list) else 0)
-            return
-        self._step_done(p, self._accept)
+    def _queue(self, queue: list[int], p: int) -> None:
+        queue.append(p)
+        if not self.flushing:
+            self.flushing = True
+            self.soon(self._flush)
+
+    def _flush(self) -> None:
+        """Send the seals and accepts of every partition that reached those steps since the
+        last flush: one request per member for all of them (a takeover of many partitions
+        would otherwise make several round trips per partition)."""
+        self.flushing = False
+        sealing, self.sealing = [p for p in self.sealing if p not in self.dropped], []
+        accepting, self.accepting = [p for p in self.accepting if p not in self.dropped], []
+        by_replica: dict[str, list[int]] = {}
+        for p in sealing:
+            self.waiting[p] = len(self.sets[p]) - 1
+            for replica in self.sets[p][1:]:
+                by_replica.setdefault(replica, []).append(p)
+        for replica, parts in by_replica.items():
+            entries, lasts = [], []
+            for p in parts:
+                for task in self.tasks[p]:
+                    meta = self.store.task_meta(task)
+                    commit = Commit(task, meta.epoch, meta.last)
+                    entries.append([task.flow, task.stage, task.partition, commit.to_bytes()])
+                    lasts.append(meta.last)
+            self.call(replica, "commits", entries,
+                      lambda answer, parts=parts, lasts=lasts: self._sealed(parts, lasts, answer))
+        for p in accepting:
+            self.waiting[p] = len(self.members)
+            self.accepted[p] = set()
+        if accepting:
+            tasks = [t for p in accepting for t in self.tasks[p]]
+            args = {"tasks": [list(t) for t in tasks], "epoch": self.epoch,
+                    "sets": [list(self.sets[t.partition]) for t in tasks]}
+            for member in self.members:
+                self.call(member, "accept", args, lambda answer, parts=accepting, m=member:
+                          self._accepted(parts, m, answer))
+
+    def _sealed(self, parts: list[int], lasts: list[int], answer: Any) -> None:
+        ok = isinstance(answer, list) and len(answer) == len(lasts)
+        i = 0
+        for p in parts:
+            n = len(self.tasks[p])
+            mine, i = (answer[i:i + n] if ok else []), i + n
+            if p in self.dropped or p not in self.waiting:
+                continue
+            if not (ok and all(_at(a, last, self.epoch) for a, last in zip(mine, lasts[i - n:i]))):
+                self._fail(p, max((_seen(a) for a in mine), default=0))
+            else:
+                self._step_done(p, lambda p: self._queue(self.accepting, p))
 
     # ------------------------------------------------------------------ 5. accept
 
-    def _accept(self, p: int) -> None:
-        self.waiting[p] = len(self.members)
-        self.accepted[p] = set()
-        args = {"tasks": [list(t) for t in self.tasks[p]], "epoch": self.epoch,
-                "members": list(self.sets[p])}
-        for member in self.members:
-            self.call(member, "accept", args,
-                      lambda answer, p=p, member=member: self._accepted(p, member, answer))
-
-    def _accepted(self, p: int, member: str, answer: Any) -> None:
-        if p in self.dropped or p not in self.waiting:
-            return
-        if isinstance(answer, list) and answer and all(a == self.epoch for a in answer):
-            self.accepted[p].add(member)
-        elif isinstance(answer, list) and answer and all(type(a) is int for a in answer):
-            self._fail(p, max(answer))  # a newer epoch was promised there
-            return
-        self.waiting[p] -= 1
-        if self.waiting[p]:
-            return
-        del self.waiting[p]
-        if quorate(self.accepted.pop(p), self.voters):
-            self.on_ready(p)
-        else:
-            self._fail(p, 0)
+    def _accepted(self, parts: list[int], member: str, answer: Any) -> None:
+        ok = isinstance(answer, list) and len(answer) == sum(len(self.tasks[p]) for p in parts) \
+            and all(type(a) is int for a in answer)
+        i = 0
+        for p in parts:
+            n = len(self.tasks[p])
+            mine, i = (answer[i:i + n] if ok else []), i + n
+            if p in self.dropped or p not in self.waiting:
+                continue
+            if mine and all(a == self.epoch for a in mine):
+                self.accepted[p].add(member)
+            elif mine:
+                self._fail(p, max(mine))  # a newer epoch was promised there
+                continue
+            self.waiting[p] -= 1
+            if self.waiting[p]:
+                continue
+            del self.waiting[p]
+            if quorate(self.accepted.pop(p), self.voters):
+                self.on_ready(p)
+            else:
+                self._fail(p, 0)
 
 
 def _position(store: Store, task: TaskId) -> tuple[int, int]:

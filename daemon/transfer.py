@@ -33,9 +33,31 @@ runtime thread that sends the next chunk may be busy in a step for a while)."""
 Call = Callable[[str, str, Any, Callable[[Any], None]], None]
 
 
+PART_BYTES = 1 << 20
+"""Bytes of snapshot per request: a snapshot's chunks are grouped into parts of about
+this size (a small task's whole snapshot is one part, one request)."""
+
+
 def transfer_id() -> str:
     """A fresh id naming one transfer on the serving member."""
     return os.urandom(8).hex()
+
+
+def parts_of(chunks: list[bytes], limit: int = PART_BYTES) -> list[list[bytes]]:
+    """``chunks`` in order, grouped into parts of at most ``limit`` bytes (or one chunk).
+
+    >>> [len(p) for p in parts_of([b"a" * 6, b"b" * 6, b"c" * 6, b"d" * 20], limit=13)]
+    [2, 1, 1]
+    """
+    parts: list[list[bytes]] = []
+    size = limit
+    for chunk in chunks:
+        if size + len(chunk) > limit:
+            parts.append([])
+            size = 0
+        parts[-1].append(chunk)
+        size += len(chunk)
+    return parts
 
 
 class Push:
@@ -50,9 +72,9 @@ class Push:
     def __init__(self, call: Call, member: str, task: TaskId, epoch: int, chunks: list[bytes],
                  on_done: Callable[[Any], None]) -> None:
         self.call, self.member, self.on_done = call, member, on_done
+        self.chunks = parts_of(chunks)
         self.args = {"task": list(task), "epoch": epoch, "xfer": transfer_id(),
-                     "count": len(chunks)}
-        self.chunks = chunks
+                     "count": len(self.chunks)}
         self.acked = self.sent = self.tries = self.round = self.outstanding = 0
         self.progressed = False
         self.done = False
@@ -66,7 +88,7 @@ class Push:
             self.sent += 1
             self.outstanding += 1
             self.call(self.member, "restore_part",
-                      {**self.args, "index": index, "chunk": self.chunks[index]},
+                      {**self.args, "index": index, "chunks": self.chunks[index]},
                       lambda answer, r=self.round: self._answered(r, answer))
 
     def _answered(self, round_: int, answer: Any) -> None:
@@ -107,7 +129,7 @@ class Pull:
                  on_done: Callable[[list[bytes] | None], None]) -> None:
         self.call, self.member, self.on_done = call, member, on_done
         self.args = {"task": list(task), "xfer": transfer_id()}
-        self.chunks: dict[int, bytes] = {}
+        self.chunks: dict[int, list[bytes]] = {}
         self.count = 0
         self.asked: set[int] = set()
         self.tries = 0
@@ -126,8 +148,9 @@ class Pull:
             return
         self.asked.discard(index)
         ok = (isinstance(answer, dict) and type(answer.get("count")) is int
-              and isinstance(answer.get("chunk"), bytes) and answer["count"] > index
-              and answer["count"] == (self.count or answer["count"]))
+              and isinstance(answer.get("chunks"), list)
+              and all(isinstance(c, bytes) for c in answer["chunks"])
+              and answer["count"] > index and answer["count"] == (self.count or answer["count"]))
         if not ok:
             self.tries += 1
             if self.tries >= TRIES:
@@ -137,11 +160,11 @@ class Pull:
                 self._ask(index)
             return
         self.tries, self.count = 0, answer["count"]
-        self.chunks[index] = answer["chunk"]
+        self.chunks[index] = answer["chunks"]
         if len(self.chunks) == self.count:
             self.done = True
             self.call(self.member, "snapshot_part", {**self.args, "index": -1}, lambda a: None)
-            self.on_done([self.chunks[i] for i in range(self.count)])
+            self.on_done([c for i in range(self.count) for c in self.chunks[i]])
             return
         wanted = [i for i in range(self.count) if i not in self.chunks and i not in self.asked]
         for i in wanted[:max(0, WINDOW - len(self.asked))]:

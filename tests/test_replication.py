@@ -241,7 +241,9 @@ def take_over(cluster: Cluster, me: str, epoch: int, tasks: dict[int, list[TaskI
     ready: list[int] = []
     failed: list[tuple[int, int]] = []
     Takeover(me, cluster.stores[me], call or cluster.call(me), epoch, tasks, sets, members,
-             frozenset(members) if voters is None else voters, ready.append, lambda p, seen: failed.append((p, seen))).start()
+             frozenset(members) if voters is None else voters, ready.append,
+             lambda p, seen: failed.append((p, seen)),
+             soon=lambda fn: cluster.clock.call_later(0, fn)).start()
     cluster.clock.advance(10 * TIMEOUT)
     return ready, failed
 
@@ -388,7 +390,7 @@ def test_replica_refuses_commits_of_an_older_epoch(make_cluster: Any, how: str) 
     assert ask(cluster, "a", "b", "promise", {"tasks": [list(TASK)], "epoch": old}) \
         == [[last, epoch, new, *accepted]]  # a lower promise does not lower ours
     assert ask(cluster, "a", "b", "accept", {"tasks": [list(TASK)], "epoch": old,
-                                              "members": ["a", "b"]}) == [new]
+                                              "sets": [["a", "b"]]}) == [new]
     assert content(cluster.stores["b"], TASK) == before
     # the old primary's ReplicaLog sees the refusal: nothing past 5 becomes durable
     log = ReplicaLog(["b"], last=5)
