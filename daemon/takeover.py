@@ -281,15 +281,22 @@ class Takeover:
                 self.call(member, "accept", args, lambda answer, parts=accepting, m=member:
                           self._accepted(parts, m, answer))
 
-    def _sealed(self, parts: list[int], lasts: list[int], answer: Any) -> None:
-        ok = isinstance(answer, list) and len(answer) == len(lasts)
-        i = 0
+    def _pending(self, parts: list[int], answer: Any, ok: bool
+                  ) -> list[tuple[int, list, slice]]:
+        """Per partition of ``parts`` still waiting in its step: its slice of a batched
+        answer (one item per task, partitions in order; [] if ``ok`` is False)."""
+        out, i = [], 0
         for p in parts:
             n = len(self.tasks[p])
-            mine, i = (answer[i:i + n] if ok else []), i + n
-            if p in self.dropped or p not in self.waiting:
-                continue
-            if not (ok and all(_at(a, last, self.epoch) for a, last in zip(mine, lasts[i - n:i]))):
+            if p not in self.dropped and p in self.waiting:
+                out.append((p, answer[i:i + n] if ok else [], slice(i, i + n)))
+            i += n
+        return out
+
+    def _sealed(self, parts: list[int], lasts: list[int], answer: Any) -> None:
+        ok = isinstance(answer, list) and len(answer) == len(lasts)
+        for p, mine, where in self._pending(parts, answer, ok):
+            if not (ok and all(_at(a, last, self.epoch) for a, last in zip(mine, lasts[where]))):
                 self._fail(p, max((_seen(a) for a in mine), default=0))
             else:
                 self._step_done(p, lambda p: self._queue(self.accepting, p))
@@ -299,12 +306,7 @@ class Takeover:
     def _accepted(self, parts: list[int], member: str, answer: Any) -> None:
         ok = isinstance(answer, list) and len(answer) == sum(len(self.tasks[p]) for p in parts) \
             and all(type(a) is int for a in answer)
-        i = 0
-        for p in parts:
-            n = len(self.tasks[p])
-            mine, i = (answer[i:i + n] if ok else []), i + n
-            if p in self.dropped or p not in self.waiting:
-                continue
+        for p, mine, _ in self._pending(parts, answer, ok):
             if mine and all(a == self.epoch for a in mine):
                 self.accepted[p].add(member)
             elif mine:
