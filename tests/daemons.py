@@ -456,3 +456,34 @@ def cluster_fixture(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[
                 sys.stderr.write(f"\n----- daemon logs of {request.node.nodeid}\n"
                                  f"{c.log_tails()}\n")
                 sys.stderr.flush()
+
+
+def run_script(script: str, args: list[str], limit: float, grace: float) -> tuple[int, str, int]:
+    """Run ``scripts/SCRIPT`` with ``args`` in a session of its own; (exit code, output,
+    pid). Past ``limit`` seconds its process group gets SIGTERM (the script stops its
+    daemons and cleans up), then SIGKILL after ``grace`` more, and the test fails."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("GOSSIPFLOW_NODE", "GOSSIPFLOW_SECRET_FILE")}
+    proc = subprocess.Popen([sys.executable, str(ROOT / "scripts" / script), *args],
+                            cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        output, _ = proc.communicate(timeout=limit)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            output, _ = proc.communicate(timeout=grace)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            output, _ = proc.communicate()
+        pytest.fail(f"scripts/{script} {' '.join(args)} still running after {limit:g} s:\n"
+                    f"{output}")
+    finally:
+        if proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    print(output)  # shown with -rA, and with a failure if any
+    return proc.returncode, output, proc.pid

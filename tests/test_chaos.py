@@ -10,17 +10,14 @@ when a check fails.
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
-import os
 import re
 import runpy
-import signal
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from daemons import run_script
 
 from nodes import load_flow
 from nodes.testing import run
@@ -36,31 +33,8 @@ pytestmark = pytest.mark.timeout(LIMIT + 30)
 
 
 def test_chaos_short_run_counts_every_record_once() -> None:
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("GOSSIPFLOW_NODE", "GOSSIPFLOW_SECRET_FILE")}
-    proc = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "chaos.py"), *ARGS],
-                            cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
-    try:
-        output, _ = proc.communicate(timeout=LIMIT)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGTERM)  # the script stops its daemons, then exits
-        try:
-            output, _ = proc.communicate(timeout=20)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            output, _ = proc.communicate()
-        pytest.fail(f"scripts/chaos {' '.join(ARGS)} still running after {LIMIT:g} s:\n"
-                    f"{output}")
-    finally:
-        if proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    print(output)  # shown with -rA, and with the failure below if any
-    assert proc.returncode == 0, f"scripts/chaos exited {proc.returncode}:\n{output}"
+    code, output, _ = run_script("chaos.py", ARGS, LIMIT, grace=20)
+    assert code == 0, f"scripts/chaos exited {code}:\n{output}"
     kills = re.search(r"^kills: (\d+)", output, re.MULTILINE)
     assert kills, f"no kill count in the output:\n{output}"
     assert int(kills.group(1)) >= MIN_KILLS, output

@@ -12,16 +12,14 @@ daemons and deletes its namespaces itself.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import shutil
-import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from daemons import run_script
 
 ROOT = Path(__file__).resolve().parent.parent
 ARGS = ["--sequence", "cut-3|2,pause,wipe", "--words", "3000000", "--seed", "3",
@@ -54,34 +52,11 @@ pytestmark = [
 
 
 def test_nemesis_short_run_cut_pause_wipe_counts_every_record_once() -> None:
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("GOSSIPFLOW_NODE", "GOSSIPFLOW_SECRET_FILE")}
-    proc = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "nemesis.py"), *ARGS],
-                            cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
-    try:
-        output, _ = proc.communicate(timeout=LIMIT)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGTERM)  # the script cleans up, then exits
-        try:
-            output, _ = proc.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            output, _ = proc.communicate()
-        pytest.fail(f"scripts/nemesis {' '.join(ARGS)} still running after {LIMIT:g} s:\n"
-                    f"{output}")
-    finally:
-        if proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    print(output)  # shown with -rA, and with the failure below if any
-    tag = f"gfn{proc.pid}-"
+    code, output, pid = run_script("nemesis.py", ARGS, LIMIT, grace=30)
+    tag = f"gfn{pid}-"
     left = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert tag not in left, f"namespaces of the run left behind:\n{left}"
-    assert proc.returncode == 0, f"scripts/nemesis exited {proc.returncode}:\n{output}"
+    assert code == 0, f"scripts/nemesis exited {code}:\n{output}"
     for kind in ("cut-3|2", "pause", "wipe"):
         assert re.search(rf"^\[.*\] event \d+: {re.escape(kind)} ", output, re.MULTILINE), \
             f"no {kind} event:\n{output}"
