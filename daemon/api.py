@@ -61,11 +61,19 @@ def status(node: "Node", args: dict[str, Any]) -> dict[str, Any]:
             "stats": dict(m.stats + node.transport.stats)}
 
 
-def submit(node: "Node", args: dict[str, Any]) -> dict[str, Any]:
-    """Register a flow (checked by the client first) and spread it to every member."""
+def submit(node: "Node", args: dict[str, Any], respond: Respond) -> None:
+    """Register a flow (checked by the client first, its sources split here) and spread
+    it to every member."""
     for name in ("name", "text", "path", "base_dir"):
         _arg(args, name, str)
-    return node.flows.submit(args)
+
+    def done(result: dict[str, Any], error: str | None) -> None:
+        if error:
+            respond(MessageType.ERROR, {"error": error})
+        else:
+            respond(MessageType.API_REPLY, {"result": result})
+
+    node.flows.submit(args, done)
 
 
 def flows(node: "Node", args: dict[str, Any]) -> list[dict[str, Any]]:
@@ -190,12 +198,12 @@ def _arg(args: dict[str, Any], name: str, kind: type) -> Any:
 
 OPS: dict[str, Callable[["Node", dict[str, Any]], Any]] = {
     "members": members, "local_partitions": local_partitions, "status": status,
-    "submit": submit, "flows": flows, "flow": flow, "cancel": cancel, "forget": forget,
+    "flows": flows, "flow": flow, "cancel": cancel, "forget": forget,
     "local_progress": local_progress, "published": published, "faults": faults,
 }
 DEFERRED_OPS: dict[str, Callable[["Node", dict[str, Any], Respond], None]] = {
     "query": query, "progress": progress, "tail": tail, "rows": rows, "ring": ring,
-    "usage": usage}
+    "usage": usage, "submit": submit}
 
 
 def handle(node: "Node", op: str, args: dict[str, Any], respond: Respond) -> None:

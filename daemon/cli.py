@@ -88,6 +88,10 @@ def start(name: str, bind: str, joins: tuple[str, ...], data_dir: str, preset: s
     sys.exit(node.run())
 
 
+SUBMIT_TIMEOUT = 300.0
+"""Seconds ``submit`` waits at least: the daemon reads every input file once (its digest)."""
+
+
 def client_command(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Add --node, --json, --secret-file and --timeout, and turn errors into one line + exit 2."""
     @click.option("--node", envvar="GOSSIPFLOW_NODE", default=DEFAULT_NODE, show_default=True,
@@ -100,8 +104,9 @@ def client_command(fn: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(fn)
     def wrapper(node: str, as_json: bool, secret_file: str | None, timeout: float,
                 **kwargs: Any) -> None:
-        def ask(op: str, args: dict[str, Any] | None = None) -> Any:
-            return client.request(node, op, args, timeout=timeout, secret=load_secret(secret_file))
+        def ask(op: str, args: dict[str, Any] | None = None, at_least: float = 0.0) -> Any:
+            return client.request(node, op, args, timeout=max(timeout, at_least),
+                                  secret=load_secret(secret_file))
         try:
             fn(ask=ask, as_json=as_json, **kwargs)
         except (ClientError, ConfigError) as err:
@@ -228,7 +233,8 @@ def submit(ask: Callable[..., Any], as_json: bool, flow_file: str, replace: bool
         click.echo("gossipflow: nothing was submitted", err=True)
         sys.exit(EXIT_FLOW_INVALID)
     result = ask("submit", {"name": flow.name, "text": text, "path": str(path),
-                            "base_dir": str(flow.base_dir), "replace": replace})
+                            "base_dir": str(flow.base_dir), "replace": replace},
+                 at_least=SUBMIT_TIMEOUT)
     record = result["flow"]
     if not wait:
         if as_json:

@@ -21,9 +21,11 @@ from dataclasses import dataclass
 
 from .errors import ConfigError
 
-PROTOCOL_VERSION = 3
+PROTOCOL_VERSION = 4
 """Members of one cluster must run the same version: 2 spreads source splits over the
-members a flow was submitted to (1 gave split i to partition i mod P)."""
+members a flow was submitted to (1 gave split i to partition i mod P); 3 brought the
+takeover rules of daemon/ownership.py; 4 carries the splits, made once at submit, in the
+flow record (before, every member made its own)."""
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,8 @@ import json
 import logging
 from typing import TYPE_CHECKING, Any, Callable
 
-from .errors import DecodeError, ForgetError, RequestRefusedError, WireError
+from .errors import (DecodeError, ForgetError, GossipflowError, RequestRefusedError,
+                     WireError)
 from .files import write_atomically
 from .placement import place
 from .registry import FlowRecord, Registry
@@ -114,14 +115,38 @@ class FlowService:
 
     # ------------------------------------------------------------------ registry
 
-    def submit(self, args: dict[str, Any]) -> dict[str, Any]:
-        live = [m.name for m in self.node.membership.live_members()]
-        record, created = self.registry.submit(args["name"], args["text"], args["path"],
-                                               args["base_dir"], live,
-                                               replace=bool(args.get("replace")))
-        if created:
-            self.spread(fl=[record.to_wire()])
-        return {"flow": record.summary(), "created": created}
+    def submit(self, args: dict[str, Any], reply: Callable[[Any, str | None], None]) -> None:
+        """Register a flow and spread it: ``reply({"flow": summary, "created": bool},
+        error)``. Its sources are split here, once, by the runtime process (user code,
+        and a hash of every input file); the splits travel with the record.
+
+        Raises:
+            FlowExistsError: another text runs under that name and replace is not set.
+        """
+        name, text, replace = args["name"], args["text"], bool(args.get("replace"))
+        current = self.registry.running_already(name, text, replace)
+        if current is not None:
+            reply({"flow": current.summary(), "created": False}, None)
+            return
+
+        def planned(answer: dict[str, Any]) -> None:
+            if "error" in answer:
+                reply(None, f"{answer['error']} (while {self.node.name} split the flow's "
+                      "sources); nothing was submitted")
+                return
+            live = [m.name for m in self.node.membership.live_members()]
+            try:
+                record, created = self.registry.submit(name, text, args["path"],
+                                                       args["base_dir"], live, replace,
+                                                       answer["splits"])
+            except GossipflowError as err:
+                reply(None, str(err))
+                return
+            if created:
+                self.spread(fl=[record.to_wire()])
+            reply({"flow": record.summary(), "created": created}, None)
+
+        self.runtime.plan(text, args["path"], planned)
 
     def set_status(self, name: str, status: str, error: str = "") -> FlowRecord:
         record = self.registry.set_status(name, status, error)
@@ -307,9 +332,10 @@ class FlowService:
             codec.encode(MessageType.API_REPLY, {"result": marks})))
 
     def _fail(self, record: FlowRecord, error: str) -> None:
+        """The runtime failed a flow: failed everywhere, with the error and this member."""
         current = self.registry.flows.get(record.name)
         if current is not None and current.run == record.run and current.status == "running":
-            self.set_status(record.name, "failed", error)
+            self.set_status(record.name, "failed", f"member {self.node.name}: {error}")
 
     # ------------------------------------------------------------------ queries
 

@@ -1,8 +1,10 @@
 """The cluster-wide flow registry: a small replicated map, last writer wins.
 
 Each flow is one :class:`FlowRecord` (name, version = xxh64 of the text, the
-text itself, status, and the run: which submission it is; every submission
-is a new run, with state and progress of its own). Every change takes a Lamport stamp ``(clock, origin)``:
+text itself, status, the run: which submission it is; every submission is a
+new run, with state and progress of its own; and its sources' splits, made
+once at submit so that every member reads the same). Every change takes a
+Lamport stamp ``(clock, origin)``:
 the clock is one more than any clock this member has seen, ties broken by
 the origin member's name, so every member that has seen the same records
 holds the same registry whatever order they arrived in. Records travel in
@@ -20,7 +22,7 @@ Example:
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Callable, Iterable
 
 import xxhash
@@ -58,14 +60,17 @@ class FlowRecord:
     run: str = ""
     """This submission: the version and the stamp it was submitted with (a text submitted
     again is a new run, with state and progress of its own)."""
+    splits: dict = field(default_factory=dict)
+    """Per source name, its splits as made at submit (:mod:`nodes.sources`: maps of field
+    names to ints >= 0, strings or None; a file's carry its size and digest)."""
 
     @property
     def stamp(self) -> tuple[int, str]:
         return (self.clock, self.origin)
 
     def summary(self) -> dict[str, Any]:
-        """Everything but the text."""
-        return {k: v for k, v in asdict(self).items() if k != "text"}
+        """Everything but the text and the splits."""
+        return {k: v for k, v in asdict(self).items() if k not in ("text", "splits")}
 
     def to_wire(self) -> dict[str, Any]:
         return asdict(self)
@@ -75,14 +80,16 @@ class FlowRecord:
         """Check and build a record from the network.
 
         Raises:
-            DecodeError: missing fields, wrong types or an unknown status.
+            DecodeError: missing fields, wrong types, an unknown status or malformed
+                splits.
         """
         if not isinstance(data, dict):
             raise DecodeError("a flow record is not a map")
         values = {}
         for f in fields(cls):
             value = data.get(f.name)
-            wanted = {"int": int, "float": (int, float), "str": str, "list": list}[f.type]
+            wanted = {"int": int, "float": (int, float), "str": str, "list": list,
+                      "dict": dict}[f.type]
             if isinstance(value, bool) or not isinstance(value, wanted):
                 raise DecodeError(f"flow record field {f.name!r} is missing or not {f.type}")
             values[f.name] = value
@@ -90,7 +97,18 @@ class FlowRecord:
             raise DecodeError("flow record members must be names")
         if values["status"] not in STATUSES:
             raise DecodeError(f"flow record has unknown status {values['status']!r}")
+        if not all(isinstance(name, str) and isinstance(splits, list)
+                   and all(map(_is_split, splits)) for name, splits in values["splits"].items()):
+            raise DecodeError("flow record splits must map source names to lists of splits "
+                              "(maps of field names to ints >= 0, strings or nil)")
         return cls(**values)
+
+
+def _is_split(split: Any) -> bool:
+    return isinstance(split, dict) and all(
+        isinstance(key, str) and (value is None or isinstance(value, str)
+                                  or type(value) is int and value >= 0)
+        for key, value in split.items())
 
 
 class Registry:
@@ -138,24 +156,40 @@ class Registry:
     def to_wire(self) -> list[dict[str, Any]]:
         return [record.to_wire() for record in self.flows.values()]
 
-    def submit(self, name: str, text: str, path: str, base_dir: str, members: list[str],
-               replace: bool = False) -> tuple[FlowRecord, bool]:
-        """Register a flow placed over ``members``; ``(record, created)``. The same text
-        while it runs is a no-op; once it stopped, it runs again as a new run.
+    def running_already(self, name: str, text: str, replace: bool = False) -> FlowRecord | None:
+        """The record that a submission of ``text`` as ``name`` leaves as it is (the same
+        text runs), or None: the submission makes a new run.
 
         Raises:
-            FlowExistsError: another text runs under that name and ``replace`` is False.
+            FlowExistsError: another text is registered under that name and ``replace``
+                is False.
         """
         version = flow_version(text)
         current = self.flows.get(name)
         if current is not None and current.version == version and current.status == "running":
-            return current, False
+            return current
         if current is not None and current.version != version and not replace:
             raise FlowExistsError(
                 f"flow {name!r} exists with another text (version {current.version}, "
                 f"{current.status}); submit with --replace to run the new text instead")
+        return None
+
+    def submit(self, name: str, text: str, path: str, base_dir: str, members: list[str],
+               replace: bool = False, splits: dict | None = None) -> tuple[FlowRecord, bool]:
+        """Register a flow placed over ``members``, its sources cut into ``splits``;
+        ``(record, created)``. The same text while it runs is a no-op; once it stopped,
+        it runs again as a new run.
+
+        Raises:
+            FlowExistsError: another text runs under that name and ``replace`` is False.
+        """
+        current = self.running_already(name, text, replace)
+        if current is not None:
+            return current, False
+        version = flow_version(text)
         record = self._stamp(FlowRecord(name, version, text, path, base_dir, "running", "",
-                                        0, "", time.time(), sorted(members)))
+                                        0, "", time.time(), sorted(members),
+                                        splits=splits or {}))
         origin = xxhash.xxh32_hexdigest(self.member.encode())
         record = FlowRecord(**{**asdict(record), "run": f"{version}.{record.clock}.{origin}"})
         self.merge(record)

@@ -29,12 +29,12 @@ and is done once those entries are acknowledged.
 
 from __future__ import annotations
 
+import errno
 import logging
-import os
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import msgpack
 
@@ -42,6 +42,7 @@ from nodes.errors import FlowError
 from nodes.plan import Plan, Stage, route
 from nodes.sinks import FilesSink, TableSink
 
+from .files import write_atomically
 from .placement import spread
 from .replication import ReplicaLog
 from .store import Commit, Store, TaskId
@@ -70,6 +71,14 @@ COMMIT_INTERVAL = 0.05
 fewer, larger commits, as Flink's checkpoint interval does)."""
 STATE, TABLE = b"s", b"t"
 EOS_SENT = "eos"
+SEGMENT = "files:"
+"""Outbox destinations ``files:<sink name>``: a files sink's lines, written into segment
+files once durable (never sent); an entry is ``[closes its segment, JSON-lines bytes]``."""
+SEGMENT_BYTES = 1 << 20
+SEGMENT_SECONDS = 1.0
+"""A segment closes at this size or age (or at end of stream): one file each."""
+RETRY_WRITE = 1.0
+"""Seconds before writing a segment again after a full disk."""
 
 
 _packb = msgpack.Packer(use_bin_type=True).pack
@@ -146,13 +155,28 @@ class FlowContext:
     pressure: Pressure = field(default_factory=Pressure)
     clock: Callable[[], float] = time.monotonic
 
-    def plan_splits(self, sets: Sequence[Sequence[str]] | None = None) -> None:
-        """Split every source and give each split a partition: spread evenly over the
-        primaries of ``sets`` (the placement over the members the flow was submitted
-        to, the same on every member), or split i to partition i mod P without."""
+    def plan_splits(self, sets: Sequence[Sequence[str]] | None = None,
+                    fixed: dict[str, list] | None = None) -> None:
+        """Give every source's splits a partition: spread evenly over the primaries of
+        ``sets`` (the placement over the members the flow was submitted to, the same on
+        every member), or split i to partition i mod P without. The splits are
+        ``fixed`` (the flow record's, made once at submit: every member reads the same
+        ones), or made here without.
+
+        Raises:
+            FlowError: ``fixed`` lacks a source, or a split lacks a field its source reads.
+        """
         sets = sets or [()] * self.partitions
-        self.splits = {name: source.splits(self.partitions)
-                       for name, source in self.plan.sources.items()}
+        if fixed is None:
+            fixed = {name: source.splits(self.partitions)
+                     for name, source in self.plan.sources.items()}
+        self.splits = {}
+        for name, source in self.plan.sources.items():
+            splits = fixed.get(name)
+            if splits is None or any(not source.split_fields <= s.keys() for s in splits):
+                raise FlowError(f"the flow's record has no valid splits for source {name!r}"
+                                " (submitted by another gossipflow version?): resubmit it")
+            self.splits[name] = splits
         self.split_partitions = {name: spread(len(splits), sets)
                                  for name, splits in self.splits.items()}
 
@@ -163,6 +187,45 @@ class FlowContext:
         if source is None:
             return range(self.partitions)
         return set(self.split_partitions[source])
+
+
+@dataclass
+class Segment:
+    """A files sink's segments in one task's outbox: the open one being filled, and the
+    closed ones not yet written. Segment boundaries are in the commits, so they are the
+    same on every copy."""
+
+    opened: float | None = None
+    """When the open segment got its first lines (None: no open segment)."""
+    size: int = 0
+    """Bytes in the open segment."""
+    closings: deque[int] = field(default_factory=deque)
+    """Sequences of the entries closing segments not written yet, oldest first."""
+    written: int = 0
+    """The last entry written to a file (its deletion may not be committed yet)."""
+
+    @classmethod
+    def of(cls, queue: deque[tuple[int, bytes]], now: float) -> Segment:
+        """The segments of the entries a task found in its store."""
+        segment = cls()
+        for seq, payload in queue:
+            closes, data = unpack(payload)
+            if closes:
+                segment.closings.append(seq)
+                segment.opened, segment.size = None, 0
+            else:
+                segment.opened, segment.size = now, segment.size + len(data)
+        return segment
+
+    def writable(self, released: int) -> bool:
+        """Whether the oldest closed segment is durable (its last entry released)."""
+        return bool(self.closings) and self.closings[0] <= released
+
+    def take(self, queue: deque[tuple[int, bytes]]) -> tuple[int, int, list[bytes]]:
+        """(first sequence, last sequence, lines) of the oldest closed segment."""
+        last = self.closings.popleft()
+        entries = [(seq, payload) for seq, payload in queue if self.written < seq <= last]
+        return entries[0][0], last, [unpack(payload)[1] for _, payload in entries]
 
 
 class PartitionTask:
@@ -191,9 +254,17 @@ class PartitionTask:
         self.pending: dict[str, deque[tuple[int, bytes]]] = {}
         for dest, seq, payload in store.outbox(self.id):
             self.pending.setdefault(dest, deque()).append((seq, payload))
-        self.pending_bytes = sum(len(p) for q in self.pending.values() for _, p in q)
+        self.pending_bytes = sum(len(p) for dest, q in self.pending.items()
+                                 if not dest.startswith(SEGMENT) for _, p in q)
         self.pending_count = sum(map(len, self.pending.values()))
         self.released = {dest: queue[-1][0] for dest, queue in self.pending.items()}
+        self.segments: dict[str, Segment] = {}
+        """Per files sink destination, the segment being filled and written."""
+        for dest, queue in self.pending.items():
+            if dest.startswith(SEGMENT):
+                self.segments[dest] = Segment.of(queue, ctx.clock())
+        self.write_again_at = 0.0
+        """When to try writing segments again after a full disk (0: no need)."""
         self.unsent = set(self.pending)
         """Destinations that may have entries to send now (so pump skips the others)."""
         """Per destination, the highest outbox sequence whose commit is durable."""
@@ -257,18 +328,31 @@ class PartitionTask:
             return None  # the replicas' answers wake us
         if self.acked:
             return now
+        later = min((t for t in self._segment_times() if t is not None), default=None)
         if self.inbox:  # even when done: late duplicates must be answered
             if self.inbox_records >= self.ctx.batch_size * BATCHES_PER_COMMIT \
                     or self.inbox[-1].eos or self.offsets.get(EOS_SENT):
                 return now
-            return self.inbox_since + COMMIT_INTERVAL
+            return min(self.inbox_since + COMMIT_INTERVAL, later or float("inf"))
         if self.idle or self.offsets.get(EOS_SENT):
-            return None
+            return later
         if self.input_done:
             return now
         if self.may_read():
             return now
-        return None
+        return later
+
+    def _segment_times(self) -> Iterator[float | None]:
+        """When segments need a step: a retry after a full disk, an open segment's age
+        limit, a closed one durable but not written (at once)."""
+        if self.write_again_at:
+            yield self.write_again_at
+            return
+        for dest, segment in self.segments.items():
+            if segment.writable(self.released.get(dest, 0)):
+                yield 0.0
+            elif segment.opened is not None:
+                yield segment.opened + SEGMENT_SECONDS
 
     def may_read(self) -> bool:
         """A source task with input left, not held back by unacknowledged output."""
@@ -320,6 +404,7 @@ class PartitionTask:
         self._published: list[tuple[str, list]] = []
         batches = self._emit(out, commit)
         eos = not self.offsets.get(EOS_SENT) and self.input_done
+        self._close_segments(commit, eos)
         if eos:
             self._end_of_stream(commit, batches)
         for dest, records in batches.items():
@@ -345,6 +430,7 @@ class PartitionTask:
                 self.ctx.publish(self.id.flow, name, records)
             for reply, mark in replies:
                 reply(mark)
+        self._write_segments()
         self.pump()
 
     def on_replicated(self, member: str, last: int) -> None:
@@ -359,13 +445,14 @@ class PartitionTask:
         self.number = commit.number
         for dest, seq in commit.outbox_deletes:
             queue = self.pending.get(dest)
+            counted = not dest.startswith(SEGMENT)
             while queue and queue[0][0] <= seq:
-                self.pending_bytes -= len(queue.popleft()[1])
+                self.pending_bytes -= len(queue.popleft()[1]) * counted
                 self.pending_count -= 1
             self.unsent.add(dest)  # its window moved on
         for dest, seq, payload in commit.outbox_puts:
             self.pending.setdefault(dest, deque()).append((seq, payload))
-            self.pending_bytes += len(payload)
+            self.pending_bytes += len(payload) * (not dest.startswith(SEGMENT))
             self.pending_count += 1
 
     def _read_source(self, out: Any, commit: Commit) -> None:
@@ -447,25 +534,58 @@ class PartitionTask:
             for key, value in records:
                 puts[prefix + _packb(key)] = _packb(value)
         elif isinstance(sink, FilesSink):
-            self._append_file(name, sink, records, commit)
+            self._add_lines(SEGMENT + name, sink.encode(records), commit)
         else:  # publish: a live stream, not stored; it goes out after the commit
             self._published.append((name, records))
 
-    def _append_file(self, name: str, sink: FilesSink, records: list, commit: Commit) -> None:
-        """Append to this partition's file; the committed length makes it exactly-once."""
-        path = sink.file_for(self.partition)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        length_key = f"f:{name}"
-        committed = self.offsets.get(length_key, 0)
-        data = sink.encode(records)
-        with open(path, "ab") as f:
-            f.truncate(committed)  # drop what a crash left after the last commit
-            f.seek(committed)
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        self.offsets[length_key] = committed + len(data)
-        commit.offsets[length_key] = pack(committed + len(data))
+    def _add_lines(self, dest: str, data: bytes, commit: Commit, close: bool = False) -> None:
+        """Add a files sink's lines to its open segment, closing it when full or old."""
+        segment = self.segments.setdefault(dest, Segment())
+        now = self.ctx.clock()
+        if segment.opened is None:
+            segment.opened, segment.size = now, 0
+        segment.size += len(data)
+        close = close or segment.size >= SEGMENT_BYTES or now - segment.opened >= SEGMENT_SECONDS
+        seq = max(self.next_seq.get(dest, 1), 1)
+        self._append(commit, dest, close, data)
+        if close:
+            segment.opened = None
+            segment.closings.append(seq)
+
+    def _close_segments(self, commit: Commit, end: bool) -> None:
+        """Close the open segments at end of stream or once old enough."""
+        now = self.ctx.clock()
+        for dest, segment in self.segments.items():
+            if segment.opened is not None and (end or now - segment.opened >= SEGMENT_SECONDS):
+                self._add_lines(dest, b"", commit, close=True)
+
+    def _write_segments(self) -> None:
+        """Write each closed segment whose commits are durable into its file, whole, then
+        let the next commit delete its entries. Whichever primary writes a segment (an
+        old one woken from a pause, a new one after a failover) writes the same name and
+        bytes, for durable commits are never rewritten."""
+        if self.write_again_at:
+            if self.ctx.clock() < self.write_again_at:
+                return
+            self.write_again_at = 0.0
+        for dest, segment in self.segments.items():
+            while segment.writable(self.released.get(dest, 0)):
+                first, closed, data = segment.take(self.pending[dest])
+                sink = self.ctx.plan.sinks[dest[len(SEGMENT):]]
+                path = sink.segment_file(self.partition, first)
+                try:
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    write_atomically(path, data, sync_dir=True)
+                except OSError as err:
+                    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+                        log.error("event=disk_full task=%s file=%s retry_in=%.1f", self.id,
+                                  path, RETRY_WRITE)
+                        self.write_again_at = self.ctx.clock() + RETRY_WRITE
+                    else:
+                        self.broken = f"files sink cannot write {path}: {err}"
+                    return
+                segment.written = closed
+                self.acked.extend((dest, seq) for seq in range(first, closed + 1))
 
     # ------------------------------------------------------------------ network
 
@@ -476,7 +596,7 @@ class PartitionTask:
         oldest not yet deleted, so the window is ``first .. first + WINDOW - 1``."""
         for dest in list(self.unsent):
             queue = self.pending.get(dest)
-            if not queue:
+            if not queue or dest.startswith(SEGMENT):
                 self.unsent.discard(dest)
                 continue
             first = queue[0][0]

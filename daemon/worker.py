@@ -9,9 +9,11 @@ which the flow service uses as it would use a runtime.
 Parent -> child: ``("flow", record)``, ``("view", alive, forgotten)``,
 ``("data", id, entries)``, ``("marks", id, marks)`` (answers to the child's sends),
 ``("called", id, answer)`` (answers to the child's calls), ``("serve", id, (kind,
-args))`` (a peer's replication request), ``("rows", id, args)``, ``("usage", id, None)``.
+args))`` (a peer's replication request), ``("rows", id, args)``, ``("usage", id, None)``,
+``("plan", id, (text, path))`` (a flow submitted here, to split).
 Child -> parent: ``("send", id, member, entries)``, ``("call", id, member, kind,
-args)``, ``("data_marks", id, marks)``, ``("served", id, answer)``,
+args)``, ``("data_marks", id, marks)``, ``("served", id, answer)``, ``("planned", id,
+{"splits": ...} or {"error": ...})``,
 ``("failed", record, error)``, ``("progress", fid, total, done)``,
 ``("published", fid, sink, records)``, ``("status", figures, partitions)``,
 ``("rows", id, rows)``, ``("usage", id, usage)``.
@@ -34,6 +36,9 @@ import time
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, Callable
+
+from nodes import FlowError, load_flow
+from nodes.plan import plan as make_plan
 
 from .errors import GossipflowError, StoreError
 from .publish import PublishBuffer
@@ -123,6 +128,11 @@ class WorkerProcess:
         """What this member's store holds: see :func:`store_usage`."""
         self._ask("usage", None, on_usage)
 
+    def plan(self, text: str, path: str, on_planned: Callable[[dict], None]) -> None:
+        """Split the sources of a flow submitted here: ``on_planned`` gets
+        ``{"splits": ...}`` (see :func:`source_splits`) or ``{"error": why}``."""
+        self._ask("plan", (text, path), on_planned)
+
     def serve(self, kind: str, args: Any, on_answer: Callable[[Any], None]) -> None:
         """A peer's replication request; ``on_answer`` gets the answer (None: refused)."""
         self._ask("serve", (kind, args), on_answer)
@@ -145,7 +155,7 @@ class WorkerProcess:
             while self._conn.poll():
                 message = self._conn.recv()
                 kind = message[0]
-                if kind in ("data_marks", "rows", "served", "usage"):
+                if kind in ("data_marks", "rows", "served", "usage", "planned"):
                     callback = self._waiting.pop(message[1], None)
                     if callback is not None:
                         callback(message[2])
@@ -240,6 +250,10 @@ def worker_main(conn: Connection, name: str, partitions: int, replicas: int,
                 elif kind == "usage":
                     threading.Thread(target=lambda m=message: send(
                         ("usage", m[1], store_usage(store))), daemon=True).start()
+                elif kind == "plan":  # user code and hashing: on a thread of its own
+                    threading.Thread(target=lambda m=message: send(
+                        ("planned", m[1], source_splits(*m[2], partitions))),
+                        daemon=True).start()
         except (EOFError, OSError):
             os._exit(0)  # the parent is gone: so are we, at once
 
@@ -268,6 +282,19 @@ def _post_data(runtime: Any, send: Callable[[tuple], None], request_id: int,
         send(("data_marks", request_id, marks))
     for i, entry in enumerate(entries):
         runtime.post("data", *entry, lambda mark, i=i: reply(i, mark))
+
+
+def source_splits(text: str, path: str, partitions: int) -> dict[str, Any]:
+    """Every source of a submitted flow cut into splits, once, for every member to read:
+    ``{"splits": {source name: [split, ...]}}``, or ``{"error": why}``."""
+    try:
+        sources = make_plan(load_flow(text, path)).sources
+        return {"splits": {name: source.splits(partitions) for name, source in sources.items()}}
+    except FlowError as err:
+        return {"error": str(err)}
+    except Exception as err:  # noqa: BLE001  (the submit must get an answer)
+        log.exception("event=split_failed path=%s", path)
+        return {"error": f"cannot split the flow's sources: {type(err).__name__}: {err}"}
 
 
 def _serve(server: Any, kind: str, args: Any) -> Any:

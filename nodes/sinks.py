@@ -2,8 +2,10 @@
 
 - ``table()``: the latest value per key of a keyed stream, queryable
   (``gossipflow query``; ``Result.table()`` in the local runner).
-- ``files(dir)``: one JSON-lines file per partition, ``dir/part-00003.jsonl``
-  (the daemon writes them atomically at each commit).
+- ``files(dir)``: JSON-lines files per partition: ``dir/part-00003.jsonl`` in the
+  local runner; on the daemon, segments ``dir/part-00003-0000000001.jsonl``, each
+  written whole once the commits that made it are on every replica (see
+  :meth:`FilesSink.segment_file`).
 - ``publish()``: a live stream for ``gossipflow tail`` and ZeroMQ SUB
   clients (``Result.published`` in the local runner).
 
@@ -64,6 +66,13 @@ class FilesSink(Sink):
     def file_for(self, partition: int) -> Path:
         """The file partition ``partition`` writes: ``<dir>/part-00003.jsonl``."""
         return self.path / f"part-{partition:05d}.jsonl"
+
+    def segment_file(self, partition: int, first: int) -> Path:
+        """The daemon's segment of ``partition`` that starts at its sink sequence
+        ``first``: ``<dir>/part-00003-0000000001.jsonl`` (names sort in record order
+        within a partition; a segment's name and bytes are the same whichever member
+        writes it)."""
+        return self.path / f"part-{partition:05d}-{first:010d}.jsonl"
 
     def encode(self, records: list) -> bytes:
         """JSON lines for ``records`` (tuples become arrays).

@@ -14,6 +14,12 @@ both use:
   Fewer than ``max_records`` records (even none) may come back before
   ``done``; once ``done`` is true, the split has no more records.
 
+The daemon splits every source once, where the flow is submitted, and every
+member reads those splits (they travel with the flow's record). A files split
+also carries the file's identity at submit (``size`` and ``digest``, xxh3_64
+of the whole file): a reader checks its own file against it before reading,
+and again (cheaply, by fstat) at every read, and fails the flow if it differs.
+
 Sources in a flow are declared relative to the flow's ``base_dir``; the plan
 binds them (``bind(step, base_dir)``) to absolute paths and to their step, so
 errors name the step.
@@ -37,7 +43,9 @@ from collections.abc import Callable
 from itertools import pairwise
 from operator import length_hint
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
+
+import xxhash
 
 from nodes.endpoint import Endpoint
 from nodes.errors import FlowError, StepRef, callback_error, safe_repr, typed
@@ -47,6 +55,14 @@ MIN_CHUNK = 4096        # bytes read per call, at least ...
 BYTES_PER_RECORD = 256  # ... and this much per record asked for (until line lengths are known)
 MAX_CHUNK = 1 << 22
 MIN_SPLIT_BYTES = 4 << 20  # smaller ranges are not worth a task (and a commit) each
+HASH_CHUNK = 1 << 20       # bytes hashed per read when a file's digest is computed
+SAME_FILES = ("every member must see the same files under the same path;"
+              " resubmit once they do")
+
+Identity = tuple[int, int, int, int]
+_digests: dict[str, tuple[Identity, str]] = {}
+"""Per path, the identity of the file last hashed in this process and its digest: a
+file is hashed again only once it is another file (replaced) or changed."""
 
 
 class Source(Endpoint):
@@ -55,6 +71,8 @@ class Source(Endpoint):
     kind = "source"
     family = "sources"
     bounded = True
+    split_fields: frozenset[str] = frozenset()
+    """Fields every split of this source has (checked on splits from the network)."""
 
     def limit(self, count: int) -> Source:
         """A bounded version with at most ``count`` records (tests of unbounded flows)."""
@@ -74,6 +92,8 @@ class _LineSource(Source):
     ranges cut anywhere (even inside a multi-byte character) read every line
     exactly once. Offsets are byte positions of the next line start.
     """
+
+    split_fields = frozenset({"path", "start", "end"})
 
     def __init__(self, pattern: str, min_split_bytes: int = MIN_SPLIT_BYTES):
         super().__init__()
@@ -103,10 +123,12 @@ class _LineSource(Source):
         """Byte ranges of about total_size / parallelism bytes; empty files have none.
 
         Ranges are at least ``min_split_bytes`` long (except a file's last), so
-        small inputs make fewer splits than ``parallelism``.
+        small inputs make fewer splits than ``parallelism``. Each file is hashed
+        once, however many ranges it has.
 
         Returns:
-            ``[{"path": abs_path, "start": byte, "end": byte}, ...]`` in file order.
+            ``[{"path": abs_path, "start": byte, "end": byte, "size": file bytes,
+            "digest": xxh3_64 hex of the file}, ...]`` in file order.
         """
         _check_parallelism(parallelism)
         sized = [(path, os.path.getsize(path)) for path in self.paths()]
@@ -115,10 +137,52 @@ class _LineSource(Source):
         out = []
         for path, size in sized:
             if size:
+                size, digest = self._identify(path)
                 width = math.ceil(size / math.ceil(size / target))
-                out += [{"path": path, "start": s, "end": min(s + width, size)}
-                        for s in range(0, size, width)]
+                out += [{"path": path, "start": s, "end": min(s + width, size),
+                         "size": size, "digest": digest} for s in range(0, size, width)]
         return out
+
+    def _identify(self, path: str) -> tuple[int, str]:
+        """The size and digest of the file at ``path`` now.
+
+        Raises:
+            FlowError: it cannot be read, or it changed while being hashed.
+        """
+        try:
+            with open(path, "rb") as f:
+                info = os.fstat(f.fileno())
+                return info.st_size, self._digest(path, f, info)
+        except OSError as err:
+            raise self._error(f"cannot read {path}: {err}") from err
+
+    def _digest(self, path: str, f: BinaryIO, info: os.stat_result) -> str:
+        """xxh3_64 (hex) of the whole open file ``f``, hashed once per identity."""
+        identity = _identity(info)
+        known = _digests.get(path)
+        if known is not None and known[0] == identity:
+            return known[1]
+        digest = _hash(f)
+        if _identity(os.fstat(f.fileno())) != identity:
+            raise self._error(f"{path} changed while it was being read: sources.{self.kind}()"
+                              " reads files that do not change while the flow runs")
+        _digests[path] = (identity, digest)
+        return digest
+
+    def _check_file(self, split: Split, f: BinaryIO, info: os.stat_result) -> None:
+        """The open file must be the one the flow was submitted with (``size`` and
+        ``digest`` of the split): an fstat and a lookup unless it is new or changed."""
+        path, size, digest = split["path"], split.get("size"), split["digest"]
+        if info.st_size != size:
+            raise self._differs(path, f"{info.st_size} bytes here, {size} at submit")
+        here = self._digest(path, f, info)
+        if here != digest:
+            raise self._differs(path, f"same size, other content: digest {here} here,"
+                                      f" {digest} at submit")
+
+    def _differs(self, path: str, what: str) -> FlowError:
+        return self._error(f"{path} differs from the file the flow was submitted with"
+                           f" ({what}): {SAME_FILES}")
 
     def read_bytes(self, split: Split, offset: int | None,
                    max_records: int) -> tuple[bytes, int, int, bool]:
@@ -128,13 +192,19 @@ class _LineSource(Source):
             (data, start, new_offset, done): ``data`` is at most ``max_records``
             complete lines (each ending in ``\\n`` except a file's last line),
             read from file position ``start``.
+
+        Raises:
+            FlowError: the file cannot be read, or (for a split with ``digest``) it is
+                not the file the flow was submitted with.
         """
         path, end = split["path"], split["end"]
         pos = split["start"] if offset is None else offset
         try:
             with open(path, "rb") as f:
-                size = os.fstat(f.fileno()).st_size
-                end = min(end, size)
+                info = os.fstat(f.fileno())
+                if "digest" in split:
+                    self._check_file(split, f, info)
+                end = min(end, info.st_size)
                 if pos > 0:
                     f.seek(pos - 1)
                     if f.read(1) != b"\n":  # inside a line owned by the previous range
@@ -150,6 +220,11 @@ class _LineSource(Source):
                 data = f.read(chunk)
                 if data and not data.endswith(b"\n"):
                     data += f.readline()  # finish the last line started inside the range
+        except FileNotFoundError as err:
+            if "digest" in split:
+                raise self._differs(path, f"missing here, {split.get('size')} bytes at submit"
+                                    ) from err
+            raise self._error(f"cannot read {path}: {err}") from err
         except OSError as err:
             raise self._error(f"cannot read {path}: {err}") from err
         lines = data.count(b"\n") + (not data.endswith(b"\n"))
@@ -226,6 +301,7 @@ class GenerateSource(Source):
     """Record i is ``fn(i)``, for i in range(count) (count None: forever)."""
 
     kind = "generate"
+    split_fields = frozenset({"start", "stop", "step"})
 
     def __init__(self, count: int | None, fn: Callable[[int], Any]):
         super().__init__()
@@ -289,10 +365,12 @@ def files(pattern: str, *, min_split_bytes: int = MIN_SPLIT_BYTES) -> FilesSourc
         min_split_bytes: the smallest range worth its own task (default 1 MiB).
 
     Returns:
-        A source; its splits are ``{"path", "start", "end"}`` byte ranges.
+        A source; its splits are ``{"path", "start", "end"}`` byte ranges, with the
+        file's ``size`` and ``digest`` when the flow was split.
 
     Raises:
-        FlowError: (when read) no file matches, or a file is not UTF-8.
+        FlowError: (when read) no file matches, a file is not UTF-8, or a file is
+            not the one the flow was submitted with.
 
     Example: ``flow.source(sources.files("corpus/*.txt"))``
     """
@@ -344,6 +422,19 @@ def _check_parallelism(parallelism: int) -> None:
     if type(parallelism) is not int or parallelism < 1:
         raise FlowError("splits() needs a parallelism that is an int >= 1;"
                         f" got {typed(parallelism)}")
+
+
+def _identity(info: os.stat_result) -> Identity:
+    return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
+
+
+def _hash(f: BinaryIO) -> str:
+    """xxh3_64 (hex) of the whole file ``f``, whatever its position."""
+    digest, fd, position = xxhash.xxh3_64(), f.fileno(), 0
+    while chunk := os.pread(fd, HASH_CHUNK, position):
+        digest.update(chunk)
+        position += len(chunk)
+    return digest.hexdigest()
 
 
 def _anonymous(source: Source) -> StepRef:

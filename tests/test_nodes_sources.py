@@ -8,6 +8,7 @@ from itertools import pairwise
 from pathlib import Path
 
 import msgpack
+import xxhash
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -196,3 +197,113 @@ def test_generate_function_error_names_index():
 def test_bad_source_arguments(call, match):
     with pytest.raises(FlowError, match=match):
         call()
+
+
+# ------------------------------------------------ the files a flow was submitted with
+
+SAME_FILES = ("every member must see the same files under the same path;"
+              " resubmit once they do")
+
+
+@pytest.fixture
+def hashes(monkeypatch) -> list[str]:
+    """The paths hashed (sources._hash calls) from now on."""
+    import nodes.sources
+
+    hashed: list[str] = []
+    real = nodes.sources._hash
+
+    def counting(f):
+        hashed.append(f.name)
+        return real(f)
+
+    monkeypatch.setattr(nodes.sources, "_hash", counting)
+    return hashed
+
+
+def differs(path: Path, what: str) -> str:
+    return (f"step 'src' (source, declared at flow.py:3): {path} differs from the file the"
+            f" flow was submitted with ({what}): {SAME_FILES}")
+
+
+def test_file_splits_carry_size_and_digest_hashed_once(tmp_path, hashes):
+    data = b"".join(b"line %d\n" % i for i in range(2000))
+    (tmp_path / "a.txt").write_bytes(data)
+    (tmp_path / "b.txt").write_bytes(b"b\n")
+    src = bound(sources.files("*.txt", min_split_bytes=1000), tmp_path)
+    splits = src.splits(8)
+    digest = xxhash.xxh3_64(data).hexdigest()
+    assert [(s["path"], s["size"], s["digest"]) for s in splits] == \
+        [(str(tmp_path / "a.txt"), len(data), digest)] * 8 + \
+        [(str(tmp_path / "b.txt"), 2, xxhash.xxh3_64(b"b\n").hexdigest())]
+    msgpack.packb(splits)  # they travel in the flow's record
+    assert hashes == [str(tmp_path / "a.txt"), str(tmp_path / "b.txt")]  # once per file
+    expected = data.decode().split("\n")[:-1] + ["b"]
+    assert read_all(src, splits, 7) == expected  # each read checks the file ...
+    other = bound(sources.files("*.txt", min_split_bytes=1000), tmp_path)
+    assert read_all(other, splits, 50) == expected
+    assert len(hashes) == 2  # ... by fstat against what this process hashed already
+
+
+def test_a_file_replaced_by_the_same_bytes_is_hashed_again_and_read(tmp_path, hashes):
+    path = tmp_path / "a.txt"
+    path.write_bytes(b"x\ny\n")
+    src = bound(sources.files("a.txt"), tmp_path)
+    splits = src.splits(1)
+    (tmp_path / "copy").write_bytes(b"x\ny\n")
+    os.replace(tmp_path / "copy", path)  # another inode: another identity, same content
+    assert read_all(src, splits, 10) == ["x", "y"]
+    assert hashes == [str(path)] * 2
+
+
+@pytest.mark.parametrize("change, what", [
+    (lambda path: (path.with_suffix(".new").write_bytes(b"1\n2\nX\n"),
+                   os.replace(path.with_suffix(".new"), path)),
+     "same size, other content: digest {here} here, {submitted} at submit"),
+    (lambda path: path.write_bytes(b"1\n2\n3\n4\n"), "8 bytes here, 6 at submit"),
+    (lambda path: path.unlink(), "missing here, 6 bytes at submit"),
+])
+def test_a_file_other_than_at_submit_is_refused_naming_it(tmp_path, change, what):
+    path = tmp_path / "in.txt"
+    path.write_bytes(b"1\n2\n3\n")
+    src = bound(sources.files("in.txt"), tmp_path)
+    splits = src.splits(1)
+    change(path)
+    with pytest.raises(FlowError) as err:
+        src.read(splits[0], None, 10)
+    here = xxhash.xxh3_64(b"1\n2\nX\n").hexdigest()
+    assert str(err.value) == differs(path, what.format(here=here,
+                                                       submitted=splits[0]["digest"]))
+    assert err.value.step == "src"
+
+
+def test_a_file_changed_while_read_is_caught_at_the_next_read(tmp_path, hashes):
+    path = tmp_path / "in.txt"
+    path.write_bytes(b"a\nb\nc\nd\n")
+    src = bound(sources.files("in.txt"), tmp_path)
+    split = src.splits(1)[0]
+    records, offset, done = src.read(split, None, 2)
+    assert (records, done) == (["a", "b"], False)
+    with open(path, "r+b") as f:  # in place: same inode, same size, other bytes
+        f.write(b"A")
+    info = os.stat(path)
+    os.utime(path, ns=(info.st_atime_ns, info.st_mtime_ns + 1))  # whatever the fs's clock
+    with pytest.raises(FlowError) as err:
+        src.read(split, offset, 2)
+    here = xxhash.xxh3_64(b"A\nb\nc\nd\n").hexdigest()
+    assert str(err.value) == differs(
+        path, f"same size, other content: digest {here} here, {split['digest']} at submit")
+    with open(path, "ab") as f:
+        f.write(b"e\n")
+    with pytest.raises(FlowError) as err:
+        src.read(split, offset, 2)
+    assert str(err.value) == differs(path, "10 bytes here, 8 at submit")
+    assert len(hashes) == 2  # at submit, and once after the in-place change
+
+
+def test_splits_without_identity_are_not_checked(tmp_path):
+    (tmp_path / "in.txt").write_bytes(b"1\n2\n")
+    src = bound(sources.files("in.txt"), tmp_path)
+    split = {k: v for k, v in src.splits(1)[0].items() if k in ("path", "start", "end")}
+    (tmp_path / "in.txt").write_bytes(b"1\n2\n3\n")
+    assert read_all(src, [split], 10) == ["1", "2"]  # its byte range, whatever the file

@@ -75,6 +75,41 @@ def test_records_from_the_network_are_checked():
             FlowRecord.from_wire(broken)
 
 
+SPLITS = {"lines": [{"path": "/data/in.txt", "start": 0, "end": 400, "size": 812,
+                     "digest": "0123456789abcdef"},
+                    {"path": "/data/in.txt", "start": 400, "end": 812, "size": 812,
+                     "digest": "0123456789abcdef"}],
+          "numbers": [{"start": 0, "stop": None, "step": 2}, {"start": 1, "stop": None, "step": 2}]}
+
+
+def test_a_record_carries_its_splits_over_the_wire_and_to_disk():
+    import json
+
+    import msgpack
+
+    record, _ = Registry("a").submit("wc", "t", "/p", "/d", ["n1"], splits=SPLITS)
+    assert record.splits == SPLITS and "splits" not in record.summary()
+    over_wire = msgpack.unpackb(msgpack.packb(record.to_wire()), raw=False)
+    assert FlowRecord.from_wire(over_wire) == record
+    assert FlowRecord.from_wire(json.loads(json.dumps(record.to_wire()))) == record
+    b = Registry("b")
+    assert b.merge_wire([over_wire]) == [record] and b.get("wc").splits == SPLITS
+    assert b.set_status("wc", "failed", "boom").splits == SPLITS  # kept by every change
+
+
+@pytest.mark.parametrize("splits", [
+    None, [], {"lines": None}, {"lines": {}}, {1: []}, {"lines": [None]}, {"lines": [[0, 1]]},
+    {"lines": [{1: 2}]}, {"lines": [{"start": -1}]}, {"lines": [{"start": True}]},
+    {"lines": [{"start": 1.5}]}, {"lines": [{"path": ["/a"]}]}, {"lines": [{"digest": b"x"}]},
+])
+def test_malformed_splits_from_the_network_are_refused(splits):
+    good = Registry("a").submit("wc", "t", "/p", "/d", ["n1"], splits=SPLITS)[0].to_wire()
+    with pytest.raises(DecodeError, match="splits"):
+        FlowRecord.from_wire({**good, "splits": splits})
+    with pytest.raises(DecodeError, match="splits"):
+        Registry("b").merge_wire([{**good, "splits": splits}])
+
+
 @settings(max_examples=60, deadline=None)
 @given(st.integers(0, 2**32))
 def test_members_converge_whatever_the_order(seed):
