@@ -169,6 +169,17 @@ def query(node: "Node", args: dict[str, Any], respond: Respond) -> None:
     node.flows.query(args, done)
 
 
+def send(node: "Node", args: dict[str, Any], respond: Respond) -> None:
+    """A producer's batch for an ingest (:mod:`daemon.ingest`), answered once durable."""
+    def done(result: Any, error: str | None) -> None:
+        if error:
+            respond(MessageType.ERROR, {"error": error})
+        else:
+            respond(MessageType.API_REPLY, {"result": result})
+
+    node.ingest.send(args, done)
+
+
 def faults(node: "Node", args: dict[str, Any]) -> dict[str, Any]:
     """Tests only: cut this daemon off from peers (``{"block": ["host:port", ...]}``,
     ``{"block": "all"}``, ``{"block": []}`` heals); the blocked set now.
@@ -203,7 +214,7 @@ OPS: dict[str, Callable[["Node", dict[str, Any]], Any]] = {
 }
 DEFERRED_OPS: dict[str, Callable[["Node", dict[str, Any], Respond], None]] = {
     "query": query, "progress": progress, "tail": tail, "rows": rows, "ring": ring,
-    "usage": usage, "submit": submit}
+    "usage": usage, "submit": submit, "send": send}
 
 
 def handle(node: "Node", op: str, args: dict[str, Any], respond: Respond) -> None:

@@ -256,7 +256,7 @@ class FlowService:
         kind = message[0]
         if kind == "send":
             _, send_id, member, entries = message
-            self._send_data(member, entries,
+            self.send_data(member, entries,
                             lambda marks: self.runtime.post("marks", send_id, marks))
         elif kind == "call":
             _, call_id, member, call, args = message
@@ -269,7 +269,7 @@ class FlowService:
             self.merge_progress([[fid, total, done]])
             self.spread(pg=[[fid, total, done]])
 
-    def _send_data(self, member: str, entries: list[list],
+    def send_data(self, member: str, entries: list[list],
                    on_marks: Callable[[list | None], None]) -> None:
         target = self.node.membership.members.get(member)
         if target is None or target.status not in (Status.ALIVE, Status.SUSPECT):

@@ -23,6 +23,7 @@ from .loop import EventLoop
 from .membership import Member, Membership
 from .files import write_atomically
 from .flows import FlowService
+from .ingest import IngestService
 from .transport.udpzmq import UdpZmqTransport
 from .wire import MAX_INCARNATION, Codec, MessageType, Status
 
@@ -53,6 +54,7 @@ class Node:
             on_incarnation=self._save_incarnation, on_refused=self._refused,
             on_change=self._member_changed)
         self.flows = FlowService(self)
+        self.ingest = IngestService(self)
         self.exit_code = 0
         self._stopping = False
 

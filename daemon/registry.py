@@ -186,6 +186,11 @@ class Registry:
         current = self.running_already(name, text, replace)
         if current is not None:
             return current, False
+        for ingest in ingests_of(splits or {}):
+            taken = self.ingest(ingest)
+            if taken is not None and taken[0].name != name:
+                raise FlowExistsError(f"ingest {ingest!r} is taken by running flow "
+                                      f"{taken[0].name!r}: one running flow per ingest name")
         version = flow_version(text)
         record = self._stamp(FlowRecord(name, version, text, path, base_dir, "running", "",
                                         0, "", time.time(), sorted(members),
@@ -194,6 +199,18 @@ class Registry:
         record = FlowRecord(**{**asdict(record), "run": f"{version}.{record.clock}.{origin}"})
         self.merge(record)
         return record, True
+
+    def ingest(self, ingest: str) -> tuple[FlowRecord, int] | None:
+        """The running flow taking ingest ``ingest`` and the stage its producers feed."""
+        for record in self.flows.values():
+            if record.status == "running" and ingest in ingests_of(record.splits):
+                return record, ingests_of(record.splits)[ingest]
+        return None
+
+    def ingests(self) -> list[str]:
+        """The ingest names running flows take."""
+        return sorted(i for r in self.flows.values() if r.status == "running"
+                      for i in ingests_of(r.splits))
 
     def set_status(self, name: str, status: str, error: str = "") -> FlowRecord:
         """Restate flow ``name`` (e.g. cancelled, completed, failed with ``error``).
@@ -212,3 +229,10 @@ class Registry:
     def _stamp(self, record: FlowRecord) -> FlowRecord:
         self._clock += 1
         return FlowRecord(**{**asdict(record), "clock": self._clock, "origin": self.member})
+
+
+def ingests_of(splits: dict[str, list]) -> dict[str, int]:
+    """Ingest name -> stage, of a record's splits (an ingest source has one split naming
+    its ingest and its stage)."""
+    return {split["ingest"]: split["stage"] for source in splits.values() for split in source
+            if isinstance(split.get("ingest"), str) and type(split.get("stage")) is int}

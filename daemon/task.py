@@ -41,6 +41,7 @@ import msgpack
 from nodes.errors import FlowError
 from nodes.plan import Plan, Stage, route
 from nodes.sinks import FilesSink, TableSink
+from nodes.sources import IngestSource
 
 from .files import write_atomically
 from .placement import spread
@@ -71,6 +72,9 @@ COMMIT_INTERVAL = 0.05
 fewer, larger commits, as Flink's checkpoint interval does)."""
 STATE, TABLE = b"s", b"t"
 EOS_SENT = "eos"
+PRODUCER = "p:"
+"""Origins ``p:<producer id>``: an ingest producer's records, numbered one by one (a
+shuffled batch's origin is a task, numbering whole batches)."""
 SEGMENT = "files:"
 """Outbox destinations ``files:<sink name>``: a files sink's lines, written into segment
 files once durable (never sent); an entry is ``[closes its segment, JSON-lines bytes]``."""
@@ -151,6 +155,8 @@ class FlowContext:
     splits: dict[str, list] = field(default_factory=dict)
     split_partitions: dict[str, list[int]] = field(default_factory=dict)
     """Per source, the partition whose task reads each split."""
+    ingests: dict[str, str] = field(default_factory=dict)
+    """Ingest sources: source name -> ingest name."""
     batch_size: int = 1000
     pressure: Pressure = field(default_factory=Pressure)
     clock: Callable[[], float] = time.monotonic
@@ -167,6 +173,8 @@ class FlowContext:
             FlowError: ``fixed`` lacks a source, or a split lacks a field its source reads.
         """
         sets = sets or [()] * self.partitions
+        self.ingests = {name: source.name for name, source in self.plan.sources.items()
+                        if isinstance(source, IngestSource)}
         if fixed is None:
             fixed = {name: source.splits(self.partitions)
                      for name, source in self.plan.sources.items()}
@@ -177,6 +185,8 @@ class FlowContext:
                 raise FlowError(f"the flow's record has no valid splits for source {name!r}"
                                 " (submitted by another gossipflow version?): resubmit it")
             self.splits[name] = splits
+        for name in self.ingests:  # producers feed every partition; nothing to read
+            self.splits[name] = []
         self.split_partitions = {name: spread(len(splits), sets)
                                  for name, splits in self.splits.items()}
 
@@ -184,7 +194,7 @@ class FlowContext:
         """Partitions of ``stage`` that send anything: for a source stage the ones with
         splits, for any other stage all."""
         source = self.plan.stages[stage].source
-        if source is None:
+        if source is None or source in self.ingests:
             return range(self.partitions)
         return set(self.split_partitions[source])
 
@@ -291,7 +301,9 @@ class PartitionTask:
         self.idle = False
         """A source task without splits: nothing to read, nothing to send, done from the
         start (downstream tasks do not wait for its end of stream)."""
-        if stage.kind == "source":
+        self.ingesting = stage.source in ctx.ingests
+        """An ingest source's task: producers' batches arrive in its inbox, forever."""
+        if stage.kind == "source" and not self.ingesting:
             owners = ctx.split_partitions[stage.source]
             self.idle = partition not in owners
             self.unread = [i for i, p in enumerate(owners) if p == partition
@@ -313,7 +325,7 @@ class PartitionTask:
 
     @property
     def input_done(self) -> bool:
-        return not self.unread and not self.waiting
+        return not self.unread and not self.waiting and not self.ingesting
 
     @property
     def done(self) -> bool:
@@ -331,7 +343,7 @@ class PartitionTask:
         later = min((t for t in self._segment_times() if t is not None), default=None)
         if self.inbox:  # even when done: late duplicates must be answered
             if self.inbox_records >= self.ctx.batch_size * BATCHES_PER_COMMIT \
-                    or self.inbox[-1].eos or self.offsets.get(EOS_SENT):
+                    or self.inbox[-1].eos or self.offsets.get(EOS_SENT) or self.ingesting:
                 return now
             return min(self.inbox_since + COMMIT_INTERVAL, later or float("inf"))
         if self.idle or self.offsets.get(EOS_SENT):
@@ -397,7 +409,7 @@ class PartitionTask:
     def _step(self, replies: list[tuple[Callable[[int], None], int]]) -> None:
         commit = Commit(self.id, 0, self.number + 1, outbox_deletes=self.acked)
         out = self.stage.outbox()
-        if self.stage.kind != "source":
+        if self.stage.kind != "source" or self.ingesting:
             self._take_inbox(out, commit, replies)  # after end of stream: late duplicates
         elif self.may_read():
             self._read_source(out, commit)
@@ -479,6 +491,9 @@ class PartitionTask:
             batch = self.inbox.popleft()
             self.inbox_records -= len(batch.records)
             mark = self.marks.get(batch.origin, 0)
+            if batch.origin.startswith(PRODUCER):
+                taken += self._take_produced(batch, mark, out, commit, replies)
+                continue
             if batch.seq == mark + 1:
                 if batch.records:
                     self.stage.feed(batch.records, self.state, out)
@@ -498,6 +513,22 @@ class PartitionTask:
                 puts[STATE + _packb(key)] = _packb(state[key])
             else:
                 commit.state_deletes.append(STATE + _packb(key))
+
+    def _take_produced(self, batch: Inbound, mark: int, out: Any, commit: Commit,
+                       replies: list[tuple[Callable[[Any], None], Any]]) -> int:
+        """A producer's records numbered ``batch.seq`` on: those past its mark are applied
+        (a retry that overlaps what was applied applies only the rest); the answer, once
+        the commit is durable, is [mark, records applied]. Returns the work taken."""
+        last = batch.seq + len(batch.records) - 1
+        fresh = 0
+        if batch.seq <= mark + 1 <= last:
+            records = batch.records[mark + 1 - batch.seq:]
+            self.stage.feed(records, None, out)
+            fresh = len(records)
+            self.records_in += fresh
+            self.marks[batch.origin] = commit.marks[batch.origin] = last
+        replies.append((batch.reply, [self.marks.get(batch.origin, 0), fresh]))
+        return fresh + 1
 
     def _end_of_stream(self, commit: Commit, batches: dict[str, list]) -> None:
         """Every downstream partition gets end of stream: on the step's last batch to it,

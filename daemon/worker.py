@@ -39,6 +39,7 @@ from typing import Any, Callable
 
 from nodes import FlowError, load_flow
 from nodes.plan import plan as make_plan
+from nodes.sources import IngestSource
 
 from .errors import GossipflowError, StoreError
 from .publish import PublishBuffer
@@ -288,8 +289,14 @@ def source_splits(text: str, path: str, partitions: int) -> dict[str, Any]:
     """Every source of a submitted flow cut into splits, once, for every member to read:
     ``{"splits": {source name: [split, ...]}}``, or ``{"error": why}``."""
     try:
-        sources = make_plan(load_flow(text, path)).sources
-        return {"splits": {name: source.splits(partitions) for name, source in sources.items()}}
+        the_plan = make_plan(load_flow(text, path))
+        splits = {name: source.splits(partitions) for name, source in the_plan.sources.items()}
+        for stage in the_plan.stages:  # producers' batches go to this stage's tasks
+            if stage.source is not None and isinstance(the_plan.sources[stage.source],
+                                                       IngestSource):
+                splits[stage.source] = [{**split, "stage": stage.id}
+                                        for split in splits[stage.source]]
+        return {"splits": splits}
     except FlowError as err:
         return {"error": str(err)}
     except Exception as err:  # noqa: BLE001  (the submit must get an answer)

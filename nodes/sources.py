@@ -39,6 +39,7 @@ import glob as globlib
 import json
 import math
 import os
+import re
 from collections.abc import Callable
 from itertools import pairwise
 from operator import length_hint
@@ -59,6 +60,7 @@ HASH_CHUNK = 1 << 20       # bytes hashed per read when a file's digest is compu
 SAME_FILES = ("every member must see the same files under the same path;"
               " resubmit once they do")
 
+INGEST_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
 Identity = tuple[int, int, int, int]
 _digests: dict[str, tuple[Identity, str]] = {}
 """Per path, the identity of the file last hashed in this process and its digest: a
@@ -353,6 +355,76 @@ class GenerateSource(Source):
 
     def describe(self) -> dict[str, Any]:
         return {"kind": self.kind, "count": self.count}
+
+
+class IngestSource(Source):
+    """Records sent by producers (``gossipflow send``, :class:`daemon.producer.Producer`)
+    to a running flow, under the ingest name ``name``: unbounded.
+
+    On the cluster a producer's records go to the partition of its id, whose task applies
+    each record once (a per-producer mark commits with the records). In the local runner
+    the records come from ``run(..., ingest={name: records})``.
+    """
+
+    kind = "ingest"
+    bounded = False
+    split_fields = frozenset({"ingest"})
+
+    def __init__(self, name: str):
+        super().__init__()
+        if not (isinstance(name, str) and INGEST_NAME.fullmatch(name)):
+            raise FlowError("sources.ingest() needs a name of 1 to 64 letters, digits, '.',"
+                            f" '_' or '-', such as 'clicks'; got {typed(name)}")
+        self.name = name
+        self.records: list | None = None
+        """The records of a local run (None on the cluster)."""
+
+    def fed(self, records: list) -> IngestSource:
+        """A bounded copy that yields ``records`` (the local runner's input)."""
+        bounded = copy.copy(self)
+        bounded.records, bounded.bounded = list(records), True
+        return bounded
+
+    def limit(self, count: int) -> Source:
+        return self.fed((self.records or [])[:count])
+
+    def splits(self, parallelism: int) -> list[Split]:
+        """On the cluster one split naming the ingest (producers feed every partition);
+        locally, contiguous ranges of the fed records."""
+        _check_parallelism(parallelism)
+        if self.records is None:
+            return [{"ingest": self.name}]
+        n = len(self.records)
+        cuts = [n * i // parallelism for i in range(parallelism + 1)]
+        return [{"ingest": self.name, "start": a, "stop": b} for a, b in pairwise(cuts) if a < b]
+
+    def read(self, split: Split, offset: int | None, max_records: int) -> tuple[list, int, bool]:
+        """Locally: the fed records of the split after ``offset``."""
+        if self.records is None or "start" not in split:
+            raise self._error("an ingest source is fed by producers on the cluster, or by"
+                              " run(..., ingest={name: records}) locally")
+        first = split["start"] + (offset or 0)
+        last = min(split["stop"], first + max_records)
+        return self.records[first:last], last - split["start"], last >= split["stop"]
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": self.kind, "name": self.name}
+
+
+def ingest(name: str) -> IngestSource:
+    """Records sent to the running flow by producers: ``gossipflow send NAME`` or
+    ``daemon.producer.Producer(NAME)``; each is applied exactly once, however often a
+    producer retries.
+
+    Args:
+        name: the ingest name producers send to (one running flow per name).
+
+    Returns:
+        An unbounded source (the local runner takes ``run(..., ingest={name: records})``).
+
+    Example: ``flow.source(sources.ingest("clicks")).key_by(...).count()``
+    """
+    return IngestSource(name)
 
 
 def files(pattern: str, *, min_split_bytes: int = MIN_SPLIT_BYTES) -> FilesSource:

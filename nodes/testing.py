@@ -43,6 +43,7 @@ from nodes.flow import Flow
 from nodes.loader import load_flow
 from nodes.plan import Outbox, Plan, Stage, plan, route
 from nodes.sinks import FilesSink, PublishSink, TableSink
+from nodes.sources import IngestSource
 
 
 class Result:
@@ -97,7 +98,7 @@ class Result:
 
 
 def run(flow: Flow, partitions: int = 8, batch_size: int = 1000, *, commit_every: int = 10,
-        limit: int | None = None) -> Result:
+        limit: int | None = None, ingest: dict[str, list] | None = None) -> Result:
     """Execute a flow's plan in this process.
 
     Args:
@@ -106,7 +107,8 @@ def run(flow: Flow, partitions: int = 8, batch_size: int = 1000, *, commit_every
         batch_size: records read from a source per batch.
         commit_every: batches per commit (the cluster commits every few tens of ms).
         limit: read at most this many records from each unbounded source
-            (required if the flow has one).
+            (required if the flow has one, unless ``ingest`` feeds it).
+        ingest: ingest name -> the records producers would send (``sources.ingest``).
 
     Returns:
         A Result with what every sink received.
@@ -121,7 +123,7 @@ def run(flow: Flow, partitions: int = 8, batch_size: int = 1000, *, commit_every
         if type(value) is not int or value < 1:
             raise ValueError(f"run() needs {label} as an int >= 1; got {typed(value)}")
     the_plan = plan(flow)
-    runner = _Runner(the_plan, partitions, batch_size, commit_every, limit)
+    runner = _Runner(the_plan, partitions, batch_size, commit_every, limit, ingest or {})
     runner.run()
     return runner.result
 
@@ -150,8 +152,8 @@ def _snapshot(records: list) -> list:
 
 class _Runner:
     def __init__(self, the_plan: Plan, partitions: int, batch_size: int, commit_every: int,
-                 limit: int | None):
-        self.plan, self.P = the_plan, partitions
+                 limit: int | None, ingest: dict[str, list]):
+        self.plan, self.P, self.ingest = the_plan, partitions, ingest
         self.batch_size, self.commit_every, self.limit = batch_size, commit_every, limit
         self.result = Result(the_plan, partitions)
         stages = the_plan.stages
@@ -172,6 +174,8 @@ class _Runner:
 
     def read(self, stage: Stage) -> None:
         source = self.plan.sources[stage.source]
+        if isinstance(source, IngestSource) and source.name in self.ingest:
+            source = source.fed(self.ingest[source.name])
         if not source.bounded:
             if self.limit is None:
                 raise source.step.error(
