@@ -13,11 +13,13 @@ import hashlib
 import json
 import logging
 import os
+import queue
 import socket
 import sys
+import threading
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import click
 
@@ -386,7 +388,7 @@ def send(name: str, nodes: tuple[str, ...], file_: str | None, producer_id: str 
                         give_up=timeout, secret=load_secret(secret_file))
     bad = None
     try:
-        for number, line in enumerate(stream, 1):
+        for number, line in enumerate(_lines(stream, producer.poll), 1):
             try:
                 record = json.loads(line)
             except ValueError as err:
@@ -412,3 +414,30 @@ def send(name: str, nodes: tuple[str, ...], file_: str | None, producer_id: str 
     if bad:
         click.echo(f"gossipflow: {bad}; nothing after it was sent", err=True)
         sys.exit(EXIT_FLOW_INVALID)
+
+
+def _lines(stream: Any, idle: Callable[[], None], every: float = 0.02) -> Iterator[str]:
+    """The lines of ``stream``, read on a thread of its own; ``idle()`` is called while
+    none comes (a slow pipe's records still go out, after the producer's linger)."""
+    lines: queue.Queue = queue.Queue(maxsize=10_000)
+
+    def read() -> None:
+        try:
+            for line in stream:
+                lines.put(line)
+            lines.put(None)
+        except (OSError, ValueError) as err:  # unreadable, or not UTF-8
+            lines.put(err)
+
+    threading.Thread(target=read, daemon=True).start()
+    while True:
+        try:
+            line = lines.get(timeout=every)
+        except queue.Empty:
+            idle()
+            continue
+        if line is None:
+            return
+        if isinstance(line, Exception):
+            raise line
+        yield line

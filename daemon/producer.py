@@ -60,6 +60,7 @@ class Producer:
         start: the number of the next record (1 for a new producer).
         batch: records per request.
         in_flight: requests awaiting acknowledgement at once.
+        linger: seconds a partial batch waits for more records (see :meth:`poll`).
         timeout: seconds a request may go unanswered before it is sent again.
         give_up: seconds without any acknowledgement before flush() raises.
         secret: the cluster secret, if it has one.
@@ -68,7 +69,7 @@ class Producer:
     def __init__(self, ingest: str, nodes: list[str] | None = None, *,
                  producer_id: str | None = None, start: int = 1, batch: int = 1000,
                  in_flight: int = 4, timeout: float = 5.0, give_up: float = 30.0,
-                 secret: bytes | None = None) -> None:
+                 linger: float = 0.05, secret: bytes | None = None) -> None:
         self.ingest = ingest
         self.nodes = list(nodes or ["127.0.0.1:7400"])
         self.producer_id = producer_id or f"{os.uname().nodename}:{os.getpid()}:{ingest}"
@@ -84,6 +85,8 @@ class Producer:
         self._sockets: dict[int, zmq.Socket] = {}
         self._poller = zmq.Poller()
         self._buffer: list = []
+        self._buffered_at = 0.0
+        self.linger = linger
         self._waiting: deque[_Batch] = deque()  # to send, in order
         self._sent: dict[bytes, _Batch] = {}
         self._progress_at = time.monotonic()
@@ -106,12 +109,21 @@ class Producer:
                              f"{MAX_RECORD_BYTES} bytes (1 MiB)")
         seq = self.next_seq
         self.next_seq += 1
+        if not self._buffer:
+            self._buffered_at = time.monotonic()
         self._buffer.append(record)
         if len(self._buffer) >= self.batch:
             self._cut()
             while len(self._waiting) + len(self._sent) > self.in_flight:
                 self._pump(0.05)
         return seq
+
+    def poll(self) -> None:
+        """Send a partial batch older than ``linger`` and take answers, without waiting
+        (for a slow stream: call it while no record comes)."""
+        if self._buffer and time.monotonic() - self._buffered_at >= self.linger:
+            self._cut()
+        self._pump(0.0)
 
     def flush(self) -> int:
         """Wait until every record sent so far is durable; returns the acknowledged mark.

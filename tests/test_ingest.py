@@ -158,3 +158,34 @@ def test_two_producers_interleaved_one_restarted_are_exact(cluster: Cluster,
             again.send(json.loads(line))
     b.close()
     counted(cluster, "n0", expected(a_lines + b_lines))
+
+
+def test_bad_input_gets_its_exit_code_and_loses_nothing(cluster: Cluster,
+                                                       tmp_path: Path) -> None:
+    cluster.start_many(THREE, replicas=2)
+    assert submit(cluster, "n0", write(tmp_path, "clicks.py", COUNTS)).returncode == 0
+    path = tmp_path / "bad.jsonl"
+    good = lines(5)
+    path.write_text("\n".join(good) + "\n{not json\n" + lines(1, 5)[0] + "\n")
+    bad = send(cluster, "n0", path)
+    assert bad.returncode == 1
+    assert bad.stdout.split() == ["accepted=5", "duplicates=0"]
+    assert "line 6 is not JSON" in bad.stderr and "nothing after it was sent" in bad.stderr
+    counted(cluster, "n1", expected(good))
+    unknown = subprocess.run(
+        [str(Path(sys.executable).with_name("gossipflow")), "send", "views", "--file",
+         str(path), "--node", cluster["n0"].address], capture_output=True, text=True,
+        timeout=60, cwd=ROOT, env=clean_env(), check=False)
+    assert unknown.returncode == 1
+    assert "no running flow takes ingest 'views' (ingests of running flows: clicks)" \
+        in unknown.stderr
+    huge = tmp_path / "huge.jsonl"
+    huge.write_text(json.dumps({"page": "x" * (1 << 20)}) + "\n")
+    refused = send(cluster, "n0", huge, "--producer-id", "huge")
+    assert refused.returncode == 1 and "at most 1048576 bytes" in refused.stderr
+    nobody = subprocess.run(
+        [str(Path(sys.executable).with_name("gossipflow")), "send", "clicks", "--file",
+         str(path), "--node", "127.0.0.1:9", "--timeout", "2"], capture_output=True,
+        text=True, timeout=60, cwd=ROOT, env=clean_env(), check=False)
+    assert nobody.returncode == 2 and "no acknowledgement for 2 s" in nobody.stderr
+    counted(cluster, "n1", expected(good))
