@@ -169,6 +169,26 @@ def query(node: "Node", args: dict[str, Any], respond: Respond) -> None:
     node.flows.query(args, done)
 
 
+def log(node: "Node", args: dict[str, Any], respond: Respond) -> None:
+    """Records of a flow's log sink from given offsets (:meth:`FlowService.log`)."""
+    _arg(args, "name", str)
+
+    def done(result: Any, error: str | None) -> None:
+        if result is None:
+            respond(MessageType.ERROR, {"error": error})
+        else:
+            respond(MessageType.API_REPLY, {"result": {**result, "incomplete": error}})
+
+    node.flows.log(args, done)
+
+
+def log_local(node: "Node", args: dict[str, Any], respond: Respond) -> None:
+    """This member's part of a log read (asked by another member's ``log``)."""
+    _arg(args, "flow", str)
+    node.flows.runtime.log(args, lambda result: respond(MessageType.API_REPLY,
+                                                        {"result": result}))
+
+
 def send(node: "Node", args: dict[str, Any], respond: Respond) -> None:
     """A producer's batch for an ingest (:mod:`daemon.ingest`), answered once durable."""
     def done(result: Any, error: str | None) -> None:
@@ -214,7 +234,8 @@ OPS: dict[str, Callable[["Node", dict[str, Any]], Any]] = {
 }
 DEFERRED_OPS: dict[str, Callable[["Node", dict[str, Any], Respond], None]] = {
     "query": query, "progress": progress, "tail": tail, "rows": rows, "ring": ring,
-    "usage": usage, "submit": submit, "send": send}
+    "usage": usage, "submit": submit, "send": send, "log": log,
+    "log_local": log_local}
 
 
 def handle(node: "Node", op: str, args: dict[str, Any], respond: Respond) -> None:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import click
+import msgpack
 
 from . import client
 from .config import PRESETS, Config
@@ -297,15 +298,84 @@ def query(ask: Callable[..., Any], as_json: bool, name: str, key: str | None,
 
 @main.command()
 @click.argument("name")
+@click.option("--from", "from_", default=None, metavar="start|end|P:O,...",
+              help="Log sinks: where to begin: every record kept, only new ones, or saved "
+              "offsets (partition:offset, comma-separated; other partitions from 0).")
+@click.option("--follow", is_flag=True, help="Log sinks: keep printing records as they come.")
+@click.option("--sink", default=None, help="The log sink, if the flow has several.")
 @click.option("--from-start", is_flag=True,
-              help="Begin with what the daemons still hold, not only what comes next.")
+              help="Publish sinks: begin with what the daemons still hold.")
 @click.option("--count", type=int, default=None, help="Stop after this many records.")
 @click.option("--interval", type=float, default=0.2, show_default=True,
               help="Seconds between polls.")
 @client_command
-def tail(ask: Callable[..., Any], as_json: bool, name: str, from_start: bool,
-         count: int | None, interval: float) -> None:
-    """Print what flow NAME's publish sinks publish, as JSON lines, until Ctrl-C."""
+def tail(ask: Callable[..., Any], as_json: bool, name: str, from_: str | None, follow: bool,
+         sink: str | None, from_start: bool, count: int | None, interval: float) -> None:
+    """Print flow NAME's records as JSON lines: its log sink's (from --from, with
+    partition and offset under --json; --follow to keep going), else what its publish
+    sinks publish, until Ctrl-C."""
+    try:
+        offsets = _offsets(from_ or "start")
+    except ValueError as err:
+        raise click.BadParameter(str(err), param_hint="--from") from err
+    try:
+        result = ask("log", {"name": name, "sink": sink, "end": offsets is None, "from": {}})
+    except RequestRefusedError as err:
+        if "has log sinks: none" not in str(err) or from_ or follow:
+            raise
+        _tail_published(ask, as_json, name, from_start, count, interval)
+        return
+    if offsets is None:
+        offsets = {int(p): part[1] for p, part in result["parts"].items()}
+    shown = 0
+    try:
+        while count is None or shown < count:
+            result = ask("log", {"name": name, "sink": sink,
+                                 "from": {str(p): o for p, o in offsets.items()}})
+            got = 0
+            for key, (first, _, packed) in sorted(result["parts"].items(),
+                                                  key=lambda item: int(item[0])):
+                partition = int(key)
+                at = offsets.get(partition, 0)
+                records = msgpack.unpackb(packed, raw=False, strict_map_key=False)[
+                    max(at - first, 0):]
+                for i, record in enumerate(records, max(first, at)):
+                    if count is not None and shown >= count:
+                        break
+                    click.echo(json.dumps({"partition": partition, "offset": i,
+                                           "record": record}) if as_json
+                               else json.dumps(record))
+                    offsets[partition] = i + 1
+                    shown += 1
+                    got += 1
+            if not follow and not got:
+                break
+            if not got:
+                time.sleep(interval)
+    except KeyboardInterrupt:
+        pass
+    if not as_json and not follow:
+        click.echo("next: " + ",".join(f"{p}:{o}" for p, o in sorted(offsets.items())),
+                   err=True)
+
+
+def _offsets(text: str) -> dict[int, int] | None:
+    """--from: "start" -> {}, "end" -> None, "3:120,7:0" -> {3: 120, 7: 0}."""
+    if text in ("start", "end"):
+        return {} if text == "start" else None
+    try:
+        pairs = [item.split(":") for item in text.split(",") if item]
+        offsets = {int(p): int(o) for p, o in pairs}
+    except ValueError:
+        raise ValueError(f"{text!r}: give start, end or partition:offset,...") from None
+    if any(p < 0 or o < 0 for p, o in offsets.items()):
+        raise ValueError(f"{text!r}: partitions and offsets are >= 0")
+    return offsets
+
+
+def _tail_published(ask: Callable[..., Any], as_json: bool, name: str, from_start: bool,
+                    count: int | None, interval: float) -> None:
+    """What flow NAME's publish sinks publish, as JSON lines, until Ctrl-C."""
     cursors: dict[str, int] = {}
     shown = 0
     first = True
@@ -314,11 +384,11 @@ def tail(ask: Callable[..., Any], as_json: bool, name: str, from_start: bool,
             result = ask("tail", {"name": name, "cursors": cursors})
             cursors.update(result["cursors"])
             if not first or from_start:
-                for sink, record in result["records"]:
+                for sink_name, record in result["records"]:
                     if count is not None and shown >= count:
                         break
                     click.echo(json.dumps(record) if not as_json else
-                               json.dumps({"sink": sink, "record": record}))
+                               json.dumps({"sink": sink_name, "record": record}))
                     shown += 1
             first = False
             time.sleep(interval)
@@ -349,10 +419,6 @@ def forget(ask: Callable[..., Any], as_json: bool, name: str) -> None:
         _print_json(result)
     else:
         click.echo(f"forgotten: {', '.join(result['forgotten'])}")
-
-
-if __name__ == "__main__":
-    main()
 
 
 @main.command()
@@ -441,3 +507,7 @@ def _lines(stream: Any, idle: Callable[[], None], every: float = 0.02) -> Iterat
         if isinstance(line, Exception):
             raise line
         yield line
+
+
+if __name__ == "__main__":
+    main()

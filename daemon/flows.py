@@ -408,6 +408,39 @@ class FlowService:
                     lambda member: {"flow": fid, "cursor": cursors.get(member, 0)},
                     local, merge, reply)
 
+    def log(self, args: dict[str, Any], reply: Callable[[Any, str | None], None]) -> None:
+        """Records of flow ``name``'s log sink from offsets ``from`` ({"partition": offset},
+        0 for a partition not named; or ``end``: none, only where each ends), gathered
+        from the primaries: ``{"sink", "parts": {"p": [first, bound, packed records]}}``."""
+        record = self.registry.get(args["name"])
+        starts = args.get("from") or {}
+        if not isinstance(starts, dict) or not all(
+                isinstance(k, str) and type(v) is int and v >= 0 for k, v in starts.items()):
+            raise ValueError("from must map partitions to offsets >= 0")
+        request = {"flow": flow_id(record), "sink": args.get("sink"), "from": starts,
+                   "end": bool(args.get("end"))}
+
+        def merge(answers: dict[str, Any]) -> dict[str, Any]:
+            errors = [a["error"] for a in answers.values() if "error" in a]
+            if errors:
+                return {"error": errors[0]}
+            parts: dict[str, list] = {}
+            for answer in answers.values():  # a partition moving may answer twice
+                for p, part in answer.get("parts", {}).items():
+                    if p not in parts or part[1] > parts[p][1]:
+                        parts[p] = part
+            sink = next((a.get("sink") for a in answers.values() if a.get("sink")), None)
+            return {"sink": sink, "parts": parts}
+
+        def done(result: dict[str, Any], error: str | None) -> None:
+            if "error" in result:
+                reply(None, result["error"])
+            else:
+                reply(result, error)
+
+        self.gather(f"flow {record.name}", "log_local", lambda member: request,
+                    self.runtime.log, merge, done)
+
     def partitions(self, reply: Callable[[Any, str | None], None]) -> None:
         """Per flow version, per partition, the members running or taking it over, with
         epoch, replicas, state and commits not yet on every replica."""

@@ -40,7 +40,7 @@ import msgpack
 
 from nodes.errors import FlowError
 from nodes.plan import Plan, Stage, route
-from nodes.sinks import FilesSink, TableSink
+from nodes.sinks import FilesSink, LogSink, TableSink
 from nodes.sources import IngestSource
 
 from .files import write_atomically
@@ -70,7 +70,7 @@ MAX_UNREPLICATED = 4
 COMMIT_INTERVAL = 0.05
 """Seconds a shuffled batch may wait for others to share its commit (latency traded for
 fewer, larger commits, as Flink's checkpoint interval does)."""
-STATE, TABLE = b"s", b"t"
+STATE, TABLE, LOG = b"s", b"t", b"l"
 EOS_SENT = "eos"
 PRODUCER = "p:"
 """Origins ``p:<producer id>``: an ingest producer's records, numbered one by one (a
@@ -113,6 +113,12 @@ def table_holding_state(stage: Stage, plan: Plan) -> str | None:
 def table_prefix(sink: str) -> bytes:
     """Where the rows of table sink ``sink`` start in a task's state."""
     return TABLE + sink.encode() + b"\x00"
+
+
+def log_key(sink: str, offset: int) -> bytes:
+    """The state key of a log sink's record: LOG, sink name, NUL, u64 BE offset (so the
+    records of a log are in offset order)."""
+    return LOG + sink.encode() + b"\x00" + offset.to_bytes(8, "big")
 
 
 def table_key(sink: str, key: Any) -> bytes:
@@ -275,6 +281,15 @@ class PartitionTask:
                 self.segments[dest] = Segment.of(queue, ctx.clock())
         self.write_again_at = 0.0
         """When to try writing segments again after a full disk (0: no need)."""
+        self.logs: dict[str, tuple[int, int]] = {
+            k[2:]: tuple(unpack(v)) for k, v in store.offsets(self.id).items()
+            if k.startswith("l:")}
+        """Per log sink, [first offset kept, next offset] as of our last commit..."""
+        self.log_durable = dict(self.logs)
+        """... and as of our last durable commit: readers see only these records."""
+        self._log_sizes: dict[str, deque[int]] = {}
+        self._log_bytes: dict[str, int] = {}
+        self._log_commits: deque[tuple[int, dict[str, tuple[int, int]]]] = deque()
         self.unsent = set(self.pending)
         """Destinations that may have entries to send now (so pump skips the others)."""
         """Per destination, the highest outbox sequence whose commit is durable."""
@@ -428,12 +443,17 @@ class PartitionTask:
         if replies or self._published or commit.outbox_puts:
             seqs = {dest: seq for dest, seq, _ in commit.outbox_puts}
             self.held.append((self.number, seqs, replies, self._published))
+        logs = {k[2:]: self.logs[k[2:]] for k in commit.offsets if k.startswith("l:")}
+        if logs:
+            self._log_commits.append((self.number, logs))
         self.release()
 
     def release(self) -> None:
         """Let out what durable commits produced (outputs, acknowledgements,
         publications), in commit order, and send."""
         durable = self.log.durable
+        while self._log_commits and self._log_commits[0][0] <= durable:
+            self.log_durable.update(self._log_commits.popleft()[1])
         while self.held and self.held[0][0] <= durable:
             _, seqs, replies, published = self.held.popleft()
             self.released.update(seqs)
@@ -566,8 +586,45 @@ class PartitionTask:
                 puts[prefix + _packb(key)] = _packb(value)
         elif isinstance(sink, FilesSink):
             self._add_lines(SEGMENT + name, sink.encode(records), commit)
+        elif isinstance(sink, LogSink):
+            self._append_log(name, sink, records, commit)
         else:  # publish: a live stream, not stored; it goes out after the commit
             self._published.append((name, records))
+
+    def _append_log(self, name: str, sink: LogSink, records: list, commit: Commit) -> None:
+        """Append to a log sink under the next offsets; drop the oldest past retention."""
+        first, offset = self.logs.get(name, (0, 0))
+        sizes = self._sizes_of(name, first, offset) if sink.size else None
+        puts = commit.state_puts
+        for record in records:
+            value = _packb(record)
+            puts[log_key(name, offset)] = value
+            offset += 1
+            if sizes is not None:
+                sizes.append(len(value))
+                self._log_bytes[name] += len(value)
+        keep = first if sink.records is None else max(first, offset - sink.records)
+        while sizes is not None and self._log_bytes[name] > sink.size and len(sizes) > 1:
+            keep = max(keep, offset - len(sizes) + 1)
+            self._log_bytes[name] -= sizes.popleft()
+        while sizes is not None and len(sizes) > offset - keep:
+            self._log_bytes[name] -= sizes.popleft()
+        for dropped in range(first, keep):
+            key = log_key(name, dropped)
+            if puts.pop(key, None) is None:
+                commit.state_deletes.append(key)
+        self.logs[name] = (keep, offset)
+        commit.offsets[f"l:{name}"] = pack([keep, offset])
+
+    def _sizes_of(self, name: str, first: int, end: int) -> deque[int]:
+        """Sizes of a log's kept records (read from the store once)."""
+        if name not in self._log_sizes:
+            start = log_key(name, first)
+            prefix = start[:-8]
+            sizes = deque(len(v) for k, v in self.ctx.store.iter_state(self.id, start=start)
+                          if k.startswith(prefix) and int.from_bytes(k[-8:], "big") < end)
+            self._log_sizes[name], self._log_bytes[name] = sizes, sum(sizes)
+        return self._log_sizes[name]
 
     def _add_lines(self, dest: str, data: bytes, commit: Commit, close: bool = False) -> None:
         """Add a files sink's lines to its open segment, closing it when full or old."""

@@ -39,13 +39,14 @@ from typing import Any, Callable
 
 from nodes import FlowError, load_flow
 from nodes.plan import plan as make_plan
+from nodes.sinks import LogSink
 from nodes.sources import IngestSource
 
 from .errors import GossipflowError, StoreError
 from .publish import PublishBuffer
 from .registry import FlowRecord
 from .store import Store
-from .task import TABLE, unpack
+from .task import TABLE, log_key, unpack
 
 log = logging.getLogger("gossipflow.worker")
 
@@ -125,6 +126,10 @@ class WorkerProcess:
     def rows(self, args: dict[str, Any], on_rows: Callable[[dict], None]) -> None:
         self._ask("rows", args, on_rows)
 
+    def log(self, args: dict[str, Any], on_entries: Callable[[dict], None]) -> None:
+        """Records of a log sink this member serves: see :func:`log_entries`."""
+        self._ask("log", args, on_entries)
+
     def usage(self, on_usage: Callable[[dict], None]) -> None:
         """What this member's store holds: see :func:`store_usage`."""
         self._ask("usage", None, on_usage)
@@ -156,7 +161,7 @@ class WorkerProcess:
             while self._conn.poll():
                 message = self._conn.recv()
                 kind = message[0]
-                if kind in ("data_marks", "rows", "served", "usage", "planned"):
+                if kind in ("data_marks", "rows", "served", "usage", "planned", "logged"):
                     callback = self._waiting.pop(message[1], None)
                     if callback is not None:
                         callback(message[2])
@@ -248,6 +253,9 @@ def worker_main(conn: Connection, name: str, partitions: int, replicas: int,
                 elif kind == "rows":  # on its own thread: this one must keep reading
                     threading.Thread(target=lambda m=message: send(
                         ("rows", m[1], table_rows(store, m[2]))), daemon=True).start()
+                elif kind == "log":
+                    threading.Thread(target=lambda m=message: send(
+                        ("logged", m[1], log_entries(store, runtime, m[2]))), daemon=True).start()
                 elif kind == "usage":
                     threading.Thread(target=lambda m=message: send(
                         ("usage", m[1], store_usage(store))), daemon=True).start()
@@ -368,6 +376,46 @@ def table_rows(store: Store, args: dict[str, Any]) -> dict[str, list]:
         out[f"{task.stage}/{task.partition}"] = [
             meta.epoch, meta.last, {s.decode(): packed_array(r) for s, r in rows.items()}]
     return out
+
+
+LOG_READ_MAX = 5000
+"""Records of one partition's log in one answer, at most."""
+
+
+def log_entries(store: Store, runtime: Any, args: dict[str, Any]) -> dict[str, Any]:
+    """The durable records of a log sink in the partitions this member is primary of,
+    from the offsets asked: ``{"sink": name, "parts": {"p": [first, bound, packed]}}``
+    where ``packed`` is the msgpack array of the records at offsets first, first + 1, ...
+    (first is past the offset asked if retention dropped older ones) and ``bound`` the
+    next offset to become readable; ``{"error": why}`` for a flow without that sink."""
+    running = runtime.flows.get(args["flow"])
+    if running is None:
+        return {"sink": args.get("sink"), "parts": {}}
+    logs = sorted(n for n, s in running.plan.sinks.items() if isinstance(s, LogSink))
+    sink = args.get("sink") or (logs[0] if len(logs) == 1 else None)
+    if sink not in logs:
+        return {"error": f"flow {running.record.name!r} has log sinks: "
+                         f"{', '.join(logs) or 'none'}" + ("; name one with --sink"
+                                                          if len(logs) > 1 else "")}
+    starts, end = args.get("from") or {}, bool(args.get("end"))
+    parts: dict[str, list] = {}
+    for task in list(running.tasks.values()):
+        if sink not in task.stage.outputs:
+            continue
+        first, bound = task.log_durable.get(sink, (0, 0))
+        start = bound if end else max(first, int(starts.get(str(task.partition), 0)))
+        values: list[bytes] = []
+        prefix = log_key(sink, 0)[:-8]
+        for key, value in store.iter_state(task.id, start=log_key(sink, start),
+                                           limit=min(LOG_READ_MAX, max(bound - start, 0))):
+            offset = int.from_bytes(key[-8:], "big")
+            if not key.startswith(prefix) or offset >= bound:
+                break
+            if not values:
+                start = offset  # retention may have dropped the ones before
+            values.append(value)
+        parts[str(task.partition)] = [start, bound, packed_array(values)]
+    return {"sink": sink, "parts": parts}
 
 
 ROW = b"\x92"

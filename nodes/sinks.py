@@ -8,6 +8,10 @@
   :meth:`FilesSink.segment_file`).
 - ``publish()``: a live stream for ``gossipflow tail`` and ZeroMQ SUB
   clients (``Result.published`` in the local runner).
+- ``log()``: a durable delivery log: records stored per partition under offsets
+  0, 1, 2, ..., replicated with the commits that made them, read from saved offsets
+  (``gossipflow tail --from``, :class:`daemon.consumer.Consumer`; locally
+  ``Result.published_records[name]``).
 
 A sink receives, per partition task and commit, the list of records the
 stage put in its outbox for it (``outputs[sink_name]``). Paths are relative
@@ -103,6 +107,24 @@ class PublishSink(Sink):
     kind = "publish"
 
 
+class LogSink(Sink):
+    """A durable log per partition, the oldest records dropped past ``records`` per
+    partition or ``bytes`` (msgpack) per partition."""
+
+    kind = "log"
+
+    def __init__(self, records: int | None, size: int | None):
+        super().__init__()
+        for label, value in (("records", records), ("bytes", size)):
+            if value is not None and (type(value) is not int or value < 1):
+                raise FlowError(f"sinks.log() needs {label} as an int >= 1, or None;"
+                                f" got {typed(value)}")
+        self.records, self.size = records, size
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": self.kind, "records": self.records, "bytes": self.size}
+
+
 def table() -> TableSink:
     """Keep the latest value per key; queryable.
 
@@ -137,6 +159,25 @@ def publish() -> PublishSink:
     Example: ``alerts.sink(sinks.publish())``
     """
     return PublishSink()
+
+
+def log(*, records: int | None = 1_000_000, bytes: int | None = None) -> LogSink:  # noqa: A002
+    """Keep records in a durable log per partition that consumers read from offsets.
+
+    A record is in the log (and readable) only once the commit that made it is on every
+    replica; offsets are never reused, so a consumer that saved its offsets resumes
+    exactly after what it saw, also after any daemon was killed.
+
+    Args:
+        records: keep at most this many records per partition (None: no limit).
+        bytes: keep at most this many bytes of records per partition (None: no limit).
+
+    Returns:
+        A sink; ``gossipflow tail FLOW --from start --follow`` prints it live.
+
+    Example: ``totals.sink(sinks.log(records=100_000))``
+    """
+    return LogSink(records, bytes)
 
 
 def _jsonable(value: Any) -> bool:

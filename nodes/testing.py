@@ -42,7 +42,7 @@ from nodes.errors import FlowError, typed
 from nodes.flow import Flow
 from nodes.loader import load_flow
 from nodes.plan import Outbox, Plan, Stage, plan, route
-from nodes.sinks import FilesSink, PublishSink, TableSink
+from nodes.sinks import FilesSink, LogSink, PublishSink, TableSink
 from nodes.sources import IngestSource
 
 
@@ -226,7 +226,7 @@ class _Runner:
             lines = data.decode("utf-8").split("\n")
             lines.pop()  # after the last newline
             self.result.file_records[name][partition] += map(json.loads, lines)
-        elif isinstance(sink, PublishSink):
+        elif isinstance(sink, (PublishSink, LogSink)):
             records = _snapshot(records)
             self.result.published_records[name] += records
 
