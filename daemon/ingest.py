@@ -28,7 +28,7 @@ import xxhash
 from .errors import RequestRefusedError
 from .placement import place
 from .runtime import flow_id
-from .task import PRODUCER
+from .task import PRODUCER, UNKNOWN_PRODUCER
 
 if TYPE_CHECKING:
     from .node import Node
@@ -107,7 +107,12 @@ class IngestService:
             answer = marks[0] if isinstance(marks, list) and len(marks) == 1 else None
             if isinstance(answer, list) and len(answer) == 2 and all(
                     type(a) is int for a in answer):
-                reply({"acked_upto": answer[0], "applied": answer[1]}, None)
+                if answer[1] == UNKNOWN_PRODUCER:
+                    reply(None, f"unknown producer {producer!r} for ingest {ingest!r}: a new "
+                          "producer numbers its records from 1 (one silent longer than the "
+                          "ingest's producer_ttl is forgotten)")
+                else:
+                    reply({"acked_upto": answer[0], "applied": answer[1]}, None)
             else:
                 reply({"retry": f"{primary}, primary of partition {partition}, did not "
                                 "acknowledge (moving, cut off or busy)"}, None)

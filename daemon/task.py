@@ -75,6 +75,11 @@ EOS_SENT = "eos"
 PRODUCER = "p:"
 """Origins ``p:<producer id>``: an ingest producer's records, numbered one by one (a
 shuffled batch's origin is a task, numbering whole batches)."""
+UNKNOWN_PRODUCER = -1
+"""The "applied" answer to a batch past record 1 of a producer forgotten after its TTL
+(a producer never seen is answered mark 0: its batch may have overtaken its first)."""
+FORGET_EVERY = 60.0
+"""Seconds between an ingest task's checks for producers silent past their TTL."""
 SEGMENT = "files:"
 """Outbox destinations ``files:<sink name>``: a files sink's lines, written into segment
 files once durable (never sent); an entry is ``[closes its segment, JSON-lines bytes]``."""
@@ -317,6 +322,7 @@ class PartitionTask:
         """A source task without splits: nothing to read, nothing to send, done from the
         start (downstream tasks do not wait for its end of stream)."""
         self.ingesting = stage.source in ctx.ingests
+        self._forget_at = 0.0
         """An ingest source's task: producers' batches arrive in its inbox, forever."""
         if stage.kind == "source" and not self.ingesting:
             owners = ctx.split_partitions[stage.source]
@@ -424,6 +430,8 @@ class PartitionTask:
     def _step(self, replies: list[tuple[Callable[[int], None], int]]) -> None:
         commit = Commit(self.id, 0, self.number + 1, outbox_deletes=self.acked)
         out = self.stage.outbox()
+        if self.ingesting:
+            self._forget_producers(commit)
         if self.stage.kind != "source" or self.ingesting:
             self._take_inbox(out, commit, replies)  # after end of stream: late duplicates
         elif self.may_read():
@@ -541,6 +549,12 @@ class PartitionTask:
         the commit is durable, is [mark, records applied]. Returns the work taken."""
         last = batch.seq + len(batch.records) - 1
         fresh = 0
+        seen = f"seen:{batch.origin[len(PRODUCER):]}"
+        if mark == 0 and batch.seq > 1 and self.offsets.get(seen) == 0:
+            replies.append((batch.reply, [0, UNKNOWN_PRODUCER]))  # forgotten after its TTL
+            return 1
+        self.offsets[seen] = int(time.time())
+        commit.offsets[seen] = pack(self.offsets[seen])
         if batch.seq <= mark + 1 <= last:
             records = batch.records[mark + 1 - batch.seq:]
             self.stage.feed(records, None, out)
@@ -549,6 +563,23 @@ class PartitionTask:
             self.marks[batch.origin] = commit.marks[batch.origin] = last
         replies.append((batch.reply, [self.marks.get(batch.origin, 0), fresh]))
         return fresh + 1
+
+    def _forget_producers(self, commit: Commit) -> None:
+        """Drop the marks of producers silent for the ingest's producer_ttl (checked
+        once a minute): they may start again from record 1."""
+        now = time.monotonic()
+        if now < self._forget_at:
+            return
+        self._forget_at = now + FORGET_EVERY
+        ttl, wall = self.ctx.plan.sources[self.stage.source].producer_ttl, time.time()
+        for key, seen in list(self.offsets.items()):
+            if key.startswith("seen:") and seen and wall - seen > ttl:
+                origin = PRODUCER + key[len("seen:"):]
+                self.marks[origin] = commit.marks[origin] = 0
+                self.offsets[key] = 0
+                commit.offsets[key] = pack(0)
+                log.info("event=producer_forgotten task=%s producer=%s silent=%.0f",
+                         self.id, key[len("seen:"):], wall - seen)
 
     def _end_of_stream(self, commit: Commit, batches: dict[str, list]) -> None:
         """Every downstream partition gets end of stream: on the step's last batch to it,

@@ -370,12 +370,15 @@ class IngestSource(Source):
     bounded = False
     split_fields = frozenset({"ingest"})
 
-    def __init__(self, name: str):
+    def __init__(self, name: str, producer_ttl: float):
         super().__init__()
         if not (isinstance(name, str) and INGEST_NAME.fullmatch(name)):
             raise FlowError("sources.ingest() needs a name of 1 to 64 letters, digits, '.',"
                             f" '_' or '-', such as 'clicks'; got {typed(name)}")
-        self.name = name
+        if type(producer_ttl) not in (int, float) or not producer_ttl > 0:
+            raise FlowError("sources.ingest() needs producer_ttl as seconds > 0;"
+                            f" got {typed(producer_ttl)}")
+        self.name, self.producer_ttl = name, producer_ttl
         self.records: list | None = None
         """The records of a local run (None on the cluster)."""
 
@@ -411,20 +414,23 @@ class IngestSource(Source):
         return {"kind": self.kind, "name": self.name}
 
 
-def ingest(name: str) -> IngestSource:
+def ingest(name: str, *, producer_ttl: float = 7 * 86400) -> IngestSource:
     """Records sent to the running flow by producers: ``gossipflow send NAME`` or
     ``daemon.producer.Producer(NAME)``; each is applied exactly once, however often a
     producer retries.
 
     Args:
         name: the ingest name producers send to (one running flow per name).
+        producer_ttl: seconds of silence after which a producer is forgotten (its mark
+            dropped): it may then start again from record 1, and a record numbered
+            above 1 from it is refused as from an unknown producer.
 
     Returns:
         An unbounded source (the local runner takes ``run(..., ingest={name: records})``).
 
     Example: ``flow.source(sources.ingest("clicks")).key_by(...).count()``
     """
-    return IngestSource(name)
+    return IngestSource(name, producer_ttl)
 
 
 def files(pattern: str, *, min_split_bytes: int = MIN_SPLIT_BYTES) -> FilesSource:

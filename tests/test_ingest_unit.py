@@ -91,3 +91,27 @@ def test_the_local_runner_takes_ingest_records() -> None:
         run(flow)
     with pytest.raises(FlowError, match="letters, digits"):
         sources.ingest("no spaces allowed")
+
+
+def test_a_producer_silent_past_its_ttl_is_forgotten_and_refused_past_record_1(
+        task, monkeypatch) -> None:
+    import daemon.task as task_module
+
+    answers: list = []
+    produce(task, "a", 1, ["x", "y"], answers)
+    produce(task, "new", 5, ["overtook"], answers)  # never seen: waits for its record 1
+    task.step()
+    task.on_replicated("b", task.number)
+    assert answers == [[2, 2], [0, 0]]
+    now = task_module.time.time()
+    monkeypatch.setattr(task_module.time, "time", lambda: now + 7 * 86400 + 1)
+    task._forget_at = 0.0
+    produce(task, "a", 3, ["z"], answers)  # forgotten: refused, never applied
+    produce(task, "b", 1, ["q"], answers)
+    task.step()
+    task.on_replicated("b", task.number)
+    assert answers[2:] == [[0, -1], [1, 1]] and task.marks["p:a"] == 0
+    produce(task, "a", 1, ["again"], answers)  # it may start again from 1
+    task.step()
+    task.on_replicated("b", task.number)
+    assert answers[4:] == [[1, 1]]
