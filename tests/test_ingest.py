@@ -138,25 +138,37 @@ def test_a_cut_off_primary_never_acknowledges_and_nothing_counts_twice(
     counted(cluster, others[0], expected(lines(2000)))
 
 
-def test_two_producers_interleaved_one_restarted_are_exact(cluster: Cluster,
-                                                           tmp_path: Path) -> None:
+def test_two_producers_interleaved_one_killed_and_restarted_are_exact(
+        cluster: Cluster, tmp_path: Path) -> None:
+    """Producer a is a `gossipflow send` process SIGKILLed mid-send, then run again; b, a
+    Python Producer, sends all the while through the daemons in another order."""
     cluster.start_many(THREE, replicas=2)
     assert submit(cluster, "n0", write(tmp_path, "clicks.py", COUNTS)).returncode == 0
-    a_lines, b_lines = lines(30_000), lines(30_000, 30_000)
-    nodes = [cluster[n].address for n in THREE]
-    a = Producer("clicks", nodes, producer_id="a", batch=500)
-    b = Producer("clicks", nodes[::-1], producer_id="b", batch=700)
-    for i in range(20_000):  # a sends 20 000 (some not flushed), b all of its lines
-        a.send(json.loads(a_lines[i]))
-        b.send(json.loads(b_lines[i]))
-    for line in b_lines[20_000:]:
-        b.send(json.loads(line))
-    b.flush()
-    a.close()  # a "crashes": its unflushed records may or may not have arrived
-    with Producer("clicks", nodes[1:], producer_id="a", batch=1000) as again:
-        for line in a_lines:
-            again.send(json.loads(line))
-    b.close()
+    a_lines, b_lines = lines(60_000), lines(30_000, 60_000)
+    path = tmp_path / "a.jsonl"
+    path.write_text("\n".join(a_lines) + "\n")
+    killed = subprocess.Popen(
+        [str(Path(sys.executable).with_name("gossipflow")), "send", "clicks", "--file",
+         str(path), "--node", cluster["n1"].address, "--batch", "500"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT, env=clean_env(),
+        start_new_session=True)
+    try:
+        with Producer("clicks", [cluster[n].address for n in THREE[::-1]], producer_id="b",
+                      batch=700) as b:
+            for i, line in enumerate(b_lines):
+                b.send(json.loads(line))
+                if i == 10_000:
+                    wait_for(lambda: sum(table(cluster, "n0", "clicks").values()) > 20_000,
+                             60, message="a has sent part of its lines")
+                    killed.kill()
+    finally:
+        killed.kill()
+        killed.wait(10)
+    assert killed.returncode == -signal.SIGKILL
+    again = send(cluster, "n2", path)
+    assert again.returncode == 0, again.stderr
+    accepted, duplicates = (int(w.split("=")[1]) for w in again.stdout.split())
+    assert accepted + duplicates == 60_000 and 0 < duplicates < 60_000
     counted(cluster, "n0", expected(a_lines + b_lines))
 
 

@@ -135,3 +135,16 @@ def test_members_converge_whatever_the_order(seed):
         rng.shuffle(shuffled)
         registry.merge_wire(shuffled)
     assert members[0].flows == members[1].flows == members[2].flows
+
+
+def test_one_running_flow_per_ingest_name():
+    registry = Registry("n1")
+    clicks = {"source": [{"ingest": "clicks", "stage": 0}]}
+    record, _ = registry.submit("a", "text a", "/p", "/d", ["n1"], splits=clicks)
+    assert registry.ingest("clicks") == (record, 0) and registry.ingests() == ["clicks"]
+    with pytest.raises(FlowExistsError, match="ingest 'clicks' is taken by running flow 'a'"):
+        registry.submit("b", "text b", "/p", "/d", ["n1"], splits=clicks)
+    registry.submit("a", "text a2", "/p", "/d", ["n1"], replace=True, splits=clicks)
+    registry.set_status("a", "cancelled")
+    assert registry.ingest("clicks") is None
+    assert registry.submit("b", "text b", "/p", "/d", ["n1"], splits=clicks)[1]
