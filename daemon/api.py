@@ -169,7 +169,7 @@ def query(node: "Node", args: dict[str, Any], respond: Respond) -> None:
     node.flows.query(args, done)
 
 
-def log(node: "Node", args: dict[str, Any], respond: Respond) -> None:
+def read_log(node: "Node", args: dict[str, Any], respond: Respond) -> None:
     """Records of a flow's log sink from given offsets (:meth:`FlowService.log`)."""
     _arg(args, "name", str)
 
@@ -234,7 +234,7 @@ OPS: dict[str, Callable[["Node", dict[str, Any]], Any]] = {
 }
 DEFERRED_OPS: dict[str, Callable[["Node", dict[str, Any], Respond], None]] = {
     "query": query, "progress": progress, "tail": tail, "rows": rows, "ring": ring,
-    "usage": usage, "submit": submit, "send": send, "log": log,
+    "usage": usage, "submit": submit, "send": send, "log": read_log,
     "log_local": log_local}
 
 

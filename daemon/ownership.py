@@ -3,7 +3,8 @@
 Views decide who *should* run a partition (:mod:`daemon.placement` over the
 members a member sees alive); the rules here decide who *may*. They are pure
 functions of what members answered, so the simulation tests check them
-directly, and :mod:`daemon.takeover` and :mod:`daemon.runtime` only consult them.
+directly, and :mod:`daemon.takeover` and :mod:`daemon.owner` (the per-partition state
+machine the runtime consults) only apply them.
 
 **Voters.** Every flow has a fixed set of voters: the members it was submitted
 to (alive at submission), less the members removed for good with
@@ -121,8 +122,8 @@ def choose(answers: Mapping[str, Answer], me: str) -> Choice:
 def stale(last: int, epoch: int, accepted: tuple[int, tuple[str, ...]], me: str) -> bool:
     """Whether ``me`` may drop its copy of a task (``last`` commits, the last at ``epoch``),
     keeping its vote: a set without ``me`` was accepted at a newer epoch than the copy's.
-    That set was synced and sealed before it was accepted, so every later takeover
-    reads from it (or a later one) and this copy is never the newest again.
+    That set was synced before it was accepted (and its primary sealed), so every later
+    takeover reads from a member of it (or of a later one) and never from this copy.
 
     >>> stale(9, 3, (5, ("b", "c")), "a"), stale(9, 5, (5, ("b", "c")), "a")
     (True, False)

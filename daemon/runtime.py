@@ -7,19 +7,11 @@ arrives (registry changes, shuffled batches, acknowledgements) is handed in
 through :meth:`Runtime.post`, from any thread; what must go out leaves through
 ``Hooks``, called on the runtime's thread.
 
-Placement follows the live view: partition p's replica set is
-``place(alive members)[p]``, its first member the primary. When this member
-becomes primary of partitions it does not run, it takes them over
-(:mod:`daemon.takeover`) with a new epoch; when it stops being their primary
-(or their replica set changes) it stops running them, and keeps their data as
-a replica. Every commit goes to the replicas (:mod:`daemon.replication`) and
-its outputs leave once all hold it.
-
-A member acts for a flow only while it sees a majority of the flow's voters
-(:mod:`daemon.ownership`): one cut off alone, or restarted and not yet joined,
-takes nothing over and commits nothing. Safety does not rest on that view:
-a takeover needs a majority's promises and a member of the last durable
-replica set, whatever the views say.
+Which partitions this member runs is each flow's :class:`~daemon.owner.Owner`'s
+decision (take over, hand over, step down), fed the views and what the tasks
+meet; the runtime steps the tasks it activates, sends their outputs and ships
+every commit to their replicas (:mod:`daemon.replication`), whose outputs
+leave once all hold it.
 """
 
 from __future__ import annotations
@@ -36,15 +28,15 @@ from nodes import FlowError, load_flow
 from nodes.plan import plan as make_plan
 
 from .errors import GossipflowError, StaleCommitError, StoreFullError
-from .handover import Handover
-from .ownership import quorate, stale, voters
+from .owner import Host as OwnerHost
+from .owner import Owner, View
+from .ownership import stale
 from .placement import place
 from .publish import PublishBuffer
 from .recovery import LostVotes, Recovery
 from .registry import FlowRecord
-from .replication import ReplicaServer, epoch_after
+from .replication import ReplicaServer
 from .store import Store, TaskId
-from .takeover import Takeover
 from .task import FlowContext, Inbound, PartitionTask, Pressure, decode_batch
 
 log = logging.getLogger("gossipflow.runtime")
@@ -66,16 +58,8 @@ CHECK_REPLICAS_EVERY = 2.0
 store is found even when no commit goes to it (a done task of a completed flow)."""
 DROP_STALE_EVERY = 5.0
 """Seconds between looks for stale copies to drop (:meth:`Runtime._drop_stale`)."""
-RETRY_TAKEOVER = 0.3
-"""Seconds before a failed takeover of a partition is tried again."""
 DISK_FULL_RETRY = 1.0
 """Seconds a partition whose commit found the disk full pauses before it tries again."""
-HANDOVER_POLL = 0.1
-"""Seconds between asking whether the member handing a partition to us has stepped down."""
-WAIT_FOR_HANDOVER = 120.0
-"""Seconds we wait for a member still running a partition of ours to hand it over (it
-gives up copying sooner, see handover.TIMEOUT: 20 s plus 1 s per 4 MiB of snapshot);
-then we take it over regardless. The partition runs meanwhile, on that member."""
 
 
 PLACED = ("running", "completed")
@@ -107,31 +91,23 @@ class Hooks:
 
 
 class RunningFlow:
-    """One flow version on this member: its plan, and the partitions it is primary of."""
+    """One flow version on this member: its plan, its tasks, and its owner (made by
+    ``owner(self)``), which decides the partitions it runs."""
 
     def __init__(self, record: FlowRecord, partitions: int, replicas: int, store: Store,
                  send: Callable[..., bool], publish: PublishBuffer, batch_size: int,
-                 pressure: Pressure) -> None:
+                 pressure: Pressure, owner: Callable[[RunningFlow], Owner]) -> None:
         self.record = record
         self.id = flow_id(record)
         self.plan = make_plan(load_flow(record.text, record.path))
         self.partitions = partitions
         self.ctx = FlowContext(self.id, self.plan, partitions, store, send, publish.append,
                                batch_size=batch_size, pressure=pressure)
-        self.ctx.plan_splits(place(record.members, partitions, replicas))
+        self.ctx.plan_splits(place(record.members, partitions, replicas), record.splits)
         self.tasks: dict[tuple[int, int], PartitionTask] = {}
-        self.active: dict[int, tuple[int, tuple[str, ...]]] = {}
-        """Partitions running here: partition -> (epoch, replicas)."""
-        self.takeovers: dict[int, Takeover] = {}
-        self.handovers: dict[int, Handover] = {}
-        """Partitions running here being copied to the members their new replica set adds."""
-        self.deferred: dict[int, float] = {}
-        """Partitions of ours another member still runs (handing them over): since when."""
-        self.retry_at: dict[int, float] = {}
-        self.seen: dict[int, int] = {}
-        """Per partition, the highest epoch a failed takeover met."""
         self.total = len(self.plan.stages) * partitions
         self.reported: set[int] = set()
+        self.owner = owner(self)
 
     def task_ids(self, p: int) -> list[TaskId]:
         return [TaskId(self.id, stage.id, p) for stage in self.plan.stages]
@@ -140,11 +116,9 @@ class RunningFlow:
         tasks = [PartitionTask(self.ctx, stage, p, epoch, replicas) for stage in self.plan.stages]
         for task in tasks:
             self.tasks[(task.stage.id, p)] = task
-        self.active[p] = (epoch, replicas)
         return tasks
 
     def deactivate(self, p: int) -> list[PartitionTask]:
-        self.active.pop(p, None)
         return [self.tasks.pop((stage.id, p)) for stage in self.plan.stages
                 if (stage.id, p) in self.tasks]
 
@@ -178,14 +152,11 @@ class Runtime:
         self.published = PublishBuffer()
         self._ready: dict[TaskId, PartitionTask] = {}
         """Tasks that may have work: checked, stepped, and kept while they still have."""
-        self.view: list[str] = [me]
-        """Members alive (or suspect) in our view, ourselves included, sorted."""
-        self.forgotten: frozenset[str] = frozenset()
-        """Members removed for good (``gossipflow forget``): they vote in no flow."""
+        self.view = View.of(me, (), (), partitions, replicas)
+        """Members alive (or suspect) in our view, and placement over them."""
         self.has_view = False
         """Whether the event loop sent a view yet (it does once joined): until then we
         know too little of the cluster to run anything."""
-        self.sets: list[list[str]] = place(self.view, partitions, replicas)
         self._to_replicate: set[PartitionTask] = set()
         self._replica_out: dict[str, list[tuple[PartitionTask, bytes]]] = {}
         self._replicating: set[str] = set()  # members with a commits message on its way
@@ -283,11 +254,11 @@ class Runtime:
             if running is None and (record is None or flow_id(record) != fid
                                     or record.status not in PLACED):
                 self.lost_votes.done(fid, "flow stopped")
-            elif running is not None and self.quorate(running) \
+            elif running is not None and running.owner.quorate() \
                     and self.lost_votes.due(fid, now):
                 tasks = [t for p in range(self.partitions) for t in running.task_ids(p)]
-                Recovery(self.me, self.store, self._call, tasks, list(self.view),
-                         self.voters(running), lambda ok, fid=fid: ok and self.lost_votes.done(
+                Recovery(self.me, self.store, self._call, tasks, list(self.view.members),
+                         running.owner.voters, lambda ok, fid=fid: ok and self.lost_votes.done(
                              fid, "recovered")).start()
 
     def _drop_stale(self) -> None:
@@ -296,8 +267,7 @@ class Runtime:
         dropped: dict[str, int] = {}
         for task in self.store.tasks():
             running = self.flows.get(task.flow)
-            if running is not None and (task.partition in running.active
-                                        or task.partition in running.takeovers):
+            if running is not None and running.owner.busy(task.partition):
                 continue
             meta = self.store.task_meta(task)
             if stale(meta.last, meta.epoch, self.store.accepted(task), self.me):
@@ -308,7 +278,7 @@ class Runtime:
 
     def _check_replicas(self) -> None:
         """Ask each replica of our running tasks how far its copies are (``probe``); a
-        copy behind what it acknowledged was lost (:meth:`_lost_copy`)."""
+        copy behind what it acknowledged was lost (:meth:`Owner.lost_copy`)."""
         asked: dict[str, list[PartitionTask]] = {}
         for running in self.flows.values():
             for task in running.tasks.values():
@@ -324,14 +294,7 @@ class Runtime:
         for task, meta in zip(tasks, answer):
             if self._current(task) and isinstance(meta, list) and meta \
                     and type(meta[0]) is int and task.log.lost(member, meta[0]):
-                self._lost_copy(task, member, meta[0])
-
-    def _lost_copy(self, task: PartitionTask, member: str, last: int) -> None:
-        """Replica ``member`` lost commits it had acknowledged (a wiped store, a power
-        loss): only a snapshot brings it back, and the takeover that follows sends one."""
-        log.warning("event=replica_lost_data member=%s task=%s replica=%s last=%d "
-                    "acknowledged=%d", self.me, task.id, member, last, task.log.acked[member])
-        self._deactivate(self.flows[task.id.flow], task.partition, "replica lost data")
+                self.flows[task.id.flow].owner.lost_copy(task, member, meta[0])
 
     def _runs(self, task: TaskId) -> bool:
         """Whether ``task`` runs here (asked from the pipe's thread: reads only)."""
@@ -357,7 +320,8 @@ class Runtime:
             return
         try:
             running = RunningFlow(record, self.partitions, self.replicas, self.store,
-                                  self._send, self.published, self.batch_size, self.pressure)
+                                  self._send, self.published, self.batch_size, self.pressure,
+                                  self._owner)
         except (FlowError, GossipflowError, OSError) as err:
             log.error("event=flow_failed member=%s flow=%s error=%r",
                       self.me, record.name, str(err))
@@ -366,7 +330,7 @@ class Runtime:
         self.flows[running.id] = running
         gc.freeze()  # the plan and tasks live as long as the flow: keep them out of collections
         log.info("event=flow_started member=%s flow=%s", self.me, running.id)
-        self._place(running, time.monotonic())
+        running.owner.tick()
 
     def _drop_replaced(self, record: FlowRecord) -> None:
         """Delete what this store holds of other versions of ``record``'s flow: the
@@ -382,149 +346,47 @@ class Runtime:
             log.info("event=replaced_version_dropped member=%s flow=%s tasks=%d",
                      self.me, fid, sum(t.flow == fid for t in old))
 
-    # ------------------------------------------------------------------ placement
+    # ------------------------------------------------------------------ ownership
 
     def _on_view(self, alive: list[str], forgotten: list[str]) -> None:
-        self.forgotten = frozenset(forgotten)
-        self.view = sorted((set(alive) | {self.me}) - self.forgotten)
-        self.sets = place(self.view, self.partitions, self.replicas)
+        self.view = View.of(self.me, alive, forgotten, self.partitions, self.replicas)
         self.has_view = True
         self.lost_votes.joined(flow_id(r) for r in self._records.values()
                                if r.status in PLACED and self.me in r.members)
-        log.info("event=view member=%s alive=%s", self.me, ",".join(self.view))
-        now = time.monotonic()
+        log.info("event=view member=%s alive=%s", self.me, ",".join(self.view.members))
         for running in list(self.flows.values()):
-            self._place(running, now)
+            running.owner.view(self.view)
 
-    def voters(self, running: RunningFlow) -> frozenset[str]:
-        """The flow's voters: the members it was submitted to, less those forgotten."""
-        return voters(running.record.members, self.forgotten)
+    def _owner(self, running: RunningFlow) -> Owner:
+        """The owner of ``running``'s partitions, acting on this runtime."""
+        return Owner(self.me, running.id, self.partitions, running.task_ids,
+                     running.record.members, self.store, OwnerHost(
+                         activate=lambda p, epoch, replicas: self._activate(
+                             running, p, epoch, replicas),
+                         deactivate=lambda p: self._deactivate(running, p),
+                         call=self._call, soon=lambda fn: self.post("reply", lambda _: fn(), None),
+                         shipped=self._to_replicate.add),
+                     time.monotonic, self.view if self.has_view else None)
 
-    def quorate(self, running: RunningFlow) -> bool:
-        """Whether we see a majority of the flow's voters (and were not forgotten)."""
-        return self.me not in self.forgotten and quorate(self.view, self.voters(running))
-
-    def _place(self, running: RunningFlow, now: float) -> None:
-        """Start, keep, hand over or stop running each partition as the view says."""
-        quorate = self.has_view and self.quorate(running)
-        starting = []
-        for p in range(self.partitions):
-            rset = self.sets[p]
-            mine = quorate and rset[0] == self.me
-            if p in running.active:
-                self._keep(running, p, quorate, rset, now)
-            takeover = running.takeovers.get(p)
-            if takeover is not None and (not mine or takeover.sets[p] != rset):
-                takeover.drop(p)
-                del running.takeovers[p]
-            if not mine:
-                running.deferred.pop(p, None)
-            elif p not in running.active and p not in running.takeovers \
-                    and now >= running.retry_at.get(p, 0.0):
-                starting.append(p)
-        if starting:
-            self._take_over(running, starting, now)
-
-    def _keep(self, running: RunningFlow, p: int, quorate: bool, rset: list[str],
-              now: float) -> None:
-        """A partition running here whose replica set may have changed: keep it, hand it
-        over to the members the new set adds (:mod:`daemon.handover`), or stop now."""
-        replicas = running.active[p][1]
-        learners = tuple(m for m in rset if m != self.me and m not in replicas)
-        handover = running.handovers.get(p)
-        if handover is not None and (not quorate or handover.learners != learners):
-            handover.cancel()
-            del running.handovers[p]
-            handover = None
-        if not quorate or (list(rset) != [self.me, *replicas] and (
-                not learners or not set(replicas) <= set(self.view))):
-            # members only left (the others' copies are current), or a replica is gone (no
-            # commit can be durable until a takeover names the new replica set)
-            self._deactivate(running, p, "view")
-        elif learners and handover is None:
-            tasks = [t for (_, q), t in running.tasks.items() if q == p]
-            handover = Handover(p, learners, tasks, self.store, self._call, now,
-                                on_shipped=self._to_replicate.add,
-                                on_stale=lambda task: self._deactivate(running, p, "stale"))
-            running.handovers[p] = handover
-            log.info("event=handover_start member=%s flow=%s partition=%d to=%s",
-                     self.me, running.id, p, ",".join(learners))
-            handover.start()
-        elif handover is not None:
-            state = handover.check(now)
-            if state in ("done", "timeout"):
-                log.info("event=handover_%s member=%s flow=%s partition=%d to=%s copies=%d "
-                         "took=%.3f", state, self.me, running.id, p, ",".join(learners),
-                         handover.copies, now - handover.started)
-                self._deactivate(running, p, "handed over")
-
-    def _take_over(self, running: RunningFlow, partitions: list[int], now: float) -> None:
-        tasks = {p: running.task_ids(p) for p in partitions}
-        seen = max(max(running.seen.get(p, 0), *(max(m.epoch, m.promised) for m in map(
-            self.store.task_meta, tasks[p]))) for p in partitions)
-        epoch = epoch_after(seen, self.me)
-        waiting = frozenset(p for p in partitions
-                            if now - running.deferred.get(p, now) < WAIT_FOR_HANDOVER)
-        takeover = Takeover(
-            self.me, self.store, self._call, epoch, tasks,
-            {p: self.sets[p] for p in partitions}, list(self.view), self.voters(running),
-            on_ready=lambda p: self._took_over(running, takeover, p),
-            on_failed=lambda p, seen: self._takeover_failed(running, takeover, p, seen),
-            defer_to_running=waiting,
-            on_deferred=lambda p: self._takeover_deferred(running, takeover, p),
-            soon=lambda fn: self.post("reply", lambda _: fn(), None))
-        for p in partitions:
-            running.takeovers[p] = takeover
-        log.info("event=takeover_start member=%s flow=%s partitions=%d epoch=%d",
-                 self.me, running.id, len(partitions), epoch)
-        takeover.start()
-
-    def _takeover_deferred(self, running: RunningFlow, takeover: Takeover, p: int) -> None:
-        """Another member still runs ``p``: it copies it here, then steps down."""
-        if running.takeovers.get(p) is takeover:
-            del running.takeovers[p]
-            now = time.monotonic()
-            if p not in running.deferred:
-                running.deferred[p] = now
-                log.info("event=takeover_deferred member=%s flow=%s partition=%d",
-                         self.me, running.id, p)
-            running.retry_at[p] = now + HANDOVER_POLL
-
-    def _took_over(self, running: RunningFlow, takeover: Takeover, p: int) -> None:
-        if running.takeovers.get(p) is not takeover or self.flows.get(running.id) is not running:
-            return
-        del running.takeovers[p]
-        running.deferred.pop(p, None)
-        tasks = running.activate(p, takeover.epoch, tuple(takeover.sets[p][1:]))
+    def _activate(self, running: RunningFlow, p: int, epoch: int,
+                  replicas: tuple[str, ...]) -> list[PartitionTask]:
+        """The owner took ``p`` over: run its tasks, their outbox first."""
+        tasks = running.activate(p, epoch, replicas)
         resumed = any(task.number for task in tasks)  # a takeover mid-flow, not a start
         for task in tasks:
             task.pump()  # what a previous primary left in the outbox goes out again
             self._ready[task.id] = task
             if resumed:
                 self._resuming[task.id] = time.monotonic()
-        log.info("event=partition_active member=%s flow=%s partition=%d epoch=%d replicas=%s "
-                 "took=%.3f", self.me, running.id, p, takeover.epoch,
-                 ",".join(takeover.sets[p][1:]) or "-", time.monotonic() - takeover.started)
+        return tasks
 
-    def _takeover_failed(self, running: RunningFlow, takeover: Takeover, p: int,
-                         seen: int) -> None:
-        if running.takeovers.get(p) is takeover:
-            del running.takeovers[p]
-            running.seen[p] = max(running.seen.get(p, 0), seen)
-            running.retry_at[p] = time.monotonic() + RETRY_TAKEOVER
-
-    def _deactivate(self, running: RunningFlow, p: int, why: str) -> None:
-        handover = running.handovers.pop(p, None)
-        if handover is not None:
-            handover.cancel()
+    def _deactivate(self, running: RunningFlow, p: int) -> None:
+        """The owner stepped down from ``p``: its tasks stop, their inputs go back."""
         for task in running.deactivate(p):
             task.abandon()
             self._ready.pop(task.id, None)
             self._resuming.pop(task.id, None)
             self._to_replicate.discard(task)
-        running.retry_at[p] = time.monotonic() + (RETRY_TAKEOVER if why == "stale" else 0.0)
-        log.info("event=step_down member=%s flow=%s partition=%d reason=%s",
-                 self.me, running.id, p, why)
 
     def _call(self, member: str, kind: str, args: Any, on_reply: Callable[[Any], None]) -> None:
         """A replication request; the answer comes back through the inbox either way."""
@@ -563,7 +425,7 @@ class Runtime:
             task.step()
         except StaleCommitError as err:  # a newer primary made our store promise its epoch
             log.info("event=stale_epoch member=%s task=%s error=%r", self.me, task.id, str(err))
-            self._deactivate(running, task.partition, "stale")
+            running.owner.stale(task.partition)
             return
         except FlowError as err:
             self._fail(running, f"stage {task.stage.name!r} partition {task.partition}: {err}")
@@ -576,8 +438,7 @@ class Runtime:
             # step's memory is past its store, so its tasks start again from the store)
             log.error("event=disk_full member=%s task=%s retry_in=%.1f error=%r", self.me,
                       task.id, DISK_FULL_RETRY, str(err))
-            self._deactivate(running, task.partition, "disk full")
-            running.retry_at[task.partition] = time.monotonic() + DISK_FULL_RETRY
+            running.owner.step_down(task.partition, "disk full", DISK_FULL_RETRY)
             return
         except GossipflowError as err:
             self._fail(running, f"partition {task.partition}: {err}")
@@ -598,6 +459,7 @@ class Runtime:
         """Stop running a flow here; the inputs its tasks hold are answered "no mark"
         (a message to this member carries batches of other flows too: it must finish)."""
         running = self.flows.pop(fid)
+        running.owner.stop()
         for task in running.tasks.values():
             task.abandon()
         return running
@@ -608,7 +470,7 @@ class Runtime:
             return False
         stage, partition = (int(x) for x in dest.split("/"))
         origin = f"{task_id.stage}/{task_id.partition}"
-        owner = self.sets[partition][0]
+        owner = self.view.sets[partition][0]
         if owner == self.me:
             self._on_data(running.id, stage, partition, origin, seq, payload,
                           lambda mark: self.post("ack", task_id, dest, mark))
@@ -671,9 +533,9 @@ class Runtime:
             elif got[1] > task.epoch:
                 log.info("event=stale_epoch member=%s task=%s replica=%s epoch=%d promised=%d",
                          self.me, task.id, member, task.epoch, got[1])
-                self._deactivate(self.flows[task.id.flow], task.partition, "stale")
+                self.flows[task.id.flow].owner.stale(task.partition)
             elif task.log.lost(member, got[0]):
-                self._lost_copy(task, member, got[0])
+                self.flows[task.id.flow].owner.lost_copy(task, member, got[0])
             else:
                 task.on_replicated(member, got[0])
                 self._ready[task.id] = task
@@ -692,7 +554,7 @@ class Runtime:
         self.pressure.outbox_bytes = sum(task.pending_bytes for running in self.flows.values()
                                          for task in running.tasks.values())
         for running in list(self.flows.values()):
-            self._place(running, now)
+            running.owner.tick()
             for task in list(running.tasks.values()):
                 if task.unsent:
                     task.pump()  # what was refused, timed out or held back goes again
@@ -723,32 +585,9 @@ class Runtime:
         return out
 
     def partition_states(self) -> dict[str, dict[str, dict[str, Any]]]:
-        """Per flow, the partitions this member runs, hands over, takes over or waits for:
-        epoch, replicas, state ("active", "handing over" with "to" and "copying",
-        "taking over" or "awaiting copy"), and commits not yet on every replica."""
-        out: dict[str, dict[str, dict[str, Any]]] = {}
-        for fid, running in list(self.flows.items()):
-            parts = out.setdefault(fid, {})
-            backlogs: dict[int, int] = {}
-            for (_, q), task in list(running.tasks.items()):
-                backlogs[q] = max(backlogs.get(q, 0), task.log.backlog)
-            for p, (epoch, replicas) in list(running.active.items()):
-                parts[str(p)] = {"epoch": epoch, "replicas": list(replicas),
-                                 "state": "active", "unreplicated": backlogs.get(p, 0)}
-                handover = running.handovers.get(p)
-                if handover is not None:
-                    parts[str(p)].update(state="handing over", to=list(handover.learners),
-                                         copying=not handover.draining)
-            for p, takeover in list(running.takeovers.items()):
-                waiting = p in running.deferred and not takeover.promising  # probing again
-                parts[str(p)] = {"epoch": takeover.epoch, "replicas": list(takeover.sets[p][1:]),
-                                 "state": "awaiting copy" if waiting else "taking over",
-                                 "unreplicated": 0}
-            for p in list(running.deferred):
-                if str(p) not in parts:
-                    parts[str(p)] = {"epoch": 0, "replicas": list(self.sets[p][1:]),
-                                     "state": "awaiting copy", "unreplicated": 0}
-        return out
+        """Per flow, the partitions this member runs, hands over, takes over or waits for
+        (:meth:`Owner.states`)."""
+        return {fid: running.owner.states() for fid, running in list(self.flows.items())}
 
     @staticmethod
     def _figures(running: RunningFlow) -> dict[str, dict[str, int]]:
