@@ -22,7 +22,11 @@ the rules are :mod:`daemon.ownership`'s):
    differs from ours gets our snapshot;
 4. **seal**: one empty commit at our epoch on us and every replica, so no copy
    of an older history can look newer than this one;
-5. **accept**: a majority of the voters accepts the new replica set at our epoch;
+5. **accept**: a majority of the voters accepts the new replica set at our epoch.
+   Seal and accept go out together (one round trip, not two): an accepted set
+   whose members lack the seal is safe, for a later round trusts only a member
+   of that set whose copy holds its epoch (:func:`daemon.ownership.choose`),
+   ours at least; it only waits for us should we die inside that round trip;
 6. **activate**: ``on_ready(partition)`` runs the tasks; what their store
    holds is on every replica, so the outbox goes out at once.
 
@@ -76,7 +80,6 @@ class Takeover:
         """soon(fn): call fn soon, after what is being handled now (so that partitions
         reaching the seal or accept step together share one request per member)."""
         self.sealing: list[int] = []
-        self.accepting: list[int] = []
         self.flushing = False
         self.dropped: set[int] = set()
         self.started = time.monotonic()
@@ -229,7 +232,7 @@ class Takeover:
             return
         self._step_done(p, self._seal)
 
-    # ------------------------------------------------------------------ 4. seal
+    # ------------------------------------------------------------------ 4. seal, 5. accept
 
     def _seal(self, p: int) -> None:
         """Seal ``p`` here at once; its replicas get it in the next batch (:meth:`_flush`)."""
@@ -240,24 +243,22 @@ class Takeover:
             log.info("event=seal_failed member=%s partition=%d error=%r", self.me, p, str(err))
             self._fail(p, max(self.store.task_meta(t).promised for t in self.tasks[p]))
             return
-        self._queue(self.sealing if self.sets[p][1:] else self.accepting, p)
-
-    def _queue(self, queue: list[int], p: int) -> None:
-        queue.append(p)
+        self.sealing.append(p)
         if not self.flushing:
             self.flushing = True
             self.soon(self._flush)
 
     def _flush(self) -> None:
-        """Send the seals and accepts of every partition that reached those steps since the
-        last flush: one request per member for all of them (a takeover of many partitions
-        would otherwise make several round trips per partition)."""
+        """Send the seals and accepts of every partition sealed here since the last flush:
+        one request per member for all of them (a takeover of many partitions would
+        otherwise make several round trips per partition). A partition is ready once
+        every replica holds its seal and every member answered the accept."""
         self.flushing = False
         sealing, self.sealing = [p for p in self.sealing if p not in self.dropped], []
-        accepting, self.accepting = [p for p in self.accepting if p not in self.dropped], []
         by_replica: dict[str, list[int]] = {}
         for p in sealing:
-            self.waiting[p] = len(self.sets[p]) - 1
+            self.waiting[p] = len(self.sets[p]) - 1 + len(self.members)
+            self.accepted[p] = set()
             for replica in self.sets[p][1:]:
                 by_replica.setdefault(replica, []).append(p)
         for replica, parts in by_replica.items():
@@ -270,15 +271,12 @@ class Takeover:
                     lasts.append(meta.last)
             self.call(replica, "commits", entries,
                       lambda answer, parts=parts, lasts=lasts: self._sealed(parts, lasts, answer))
-        for p in accepting:
-            self.waiting[p] = len(self.members)
-            self.accepted[p] = set()
-        if accepting:
-            tasks = [t for p in accepting for t in self.tasks[p]]
+        if sealing:
+            tasks = [t for p in sealing for t in self.tasks[p]]
             args = {"tasks": [list(t) for t in tasks], "epoch": self.epoch,
                     "sets": [list(self.sets[t.partition]) for t in tasks]}
             for member in self.members:
-                self.call(member, "accept", args, lambda answer, parts=accepting, m=member:
+                self.call(member, "accept", args, lambda answer, parts=sealing, m=member:
                           self._accepted(parts, m, answer))
 
     def _pending(self, parts: list[int], answer: Any, ok: bool
@@ -299,9 +297,7 @@ class Takeover:
             if not (ok and all(_at(a, last, self.epoch) for a, last in zip(mine, lasts[where]))):
                 self._fail(p, max((_seen(a) for a in mine), default=0))
             else:
-                self._step_done(p, lambda p: self._queue(self.accepting, p))
-
-    # ------------------------------------------------------------------ 5. accept
+                self._answered(p)
 
     def _accepted(self, parts: list[int], member: str, answer: Any) -> None:
         ok = isinstance(answer, list) and len(answer) == sum(len(self.tasks[p]) for p in parts) \
@@ -312,14 +308,18 @@ class Takeover:
             elif mine:
                 self._fail(p, max(mine))  # a newer epoch was promised there
                 continue
-            self.waiting[p] -= 1
-            if self.waiting[p]:
-                continue
-            del self.waiting[p]
-            if quorate(self.accepted.pop(p), self.voters):
-                self.on_ready(p)
-            else:
-                self._fail(p, 0)
+            self._answered(p)
+
+    def _answered(self, p: int) -> None:
+        """One more seal or accept answered well; the last decides."""
+        self.waiting[p] -= 1
+        if self.waiting[p]:
+            return
+        del self.waiting[p]
+        if quorate(self.accepted.pop(p), self.voters):
+            self.on_ready(p)
+        else:
+            self._fail(p, 0)
 
 
 def _position(store: Store, task: TaskId) -> tuple[int, int]:
