@@ -73,6 +73,17 @@ class IngestService:
 
     def __init__(self, node: "Node") -> None:
         self.node = node
+        self._placed: tuple[tuple[str, ...], list[str]] = ((), [])
+
+    def _primaries(self) -> list[str]:
+        """Each partition's primary in our view (placement is computed once a view)."""
+        view = tuple(sorted({m.name for m in self.node.membership.live_members()}
+                            - set(self.node.flows.forgotten)))
+        if view != self._placed[0]:
+            config = self.node.config
+            sets = place(list(view), config.partitions, config.replicas)
+            self._placed = (view, [s[0] for s in sets])
+        return self._placed[1]
 
     def send(self, args: dict[str, Any], reply: Reply) -> None:
         """Handle a producer's request: ``reply(answer, error)`` as the module says.
@@ -88,11 +99,8 @@ class IngestService:
             raise RequestRefusedError(f"no running flow takes ingest {ingest!r} "
                                       f"(ingests of running flows: {names})")
         record, stage = found
-        config = self.node.config
-        partition = producer_partition(producer, config.partitions)
-        view = sorted({m.name for m in self.node.membership.live_members()}
-                      - set(flows.forgotten))
-        primary = place(view, config.partitions, config.replicas)[partition][0]
+        partition = producer_partition(producer, self.node.config.partitions)
+        primary = self._primaries()[partition]
         payload = msgpack.packb([False, records], use_bin_type=True)
         if len(payload) > MAX_RECORD_BYTES:  # only then is any record possibly too large
             for i, item in enumerate(records):

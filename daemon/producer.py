@@ -2,9 +2,9 @@
 
 A producer has an id and numbers its records from ``start`` (1 by default). Records go
 in batches to any daemon (:mod:`daemon.ingest`), several batches in flight; a batch is
-acknowledged only once it is durable on every replica of its partition. A batch that
-is not acknowledged in time, or is answered "retry" (the partition is moving, its
-primary is cut off or busy), is sent again, through the next daemon: the daemons apply
+acknowledged only once it is durable on every replica of its partition. A batch answered
+"retry" (the partition is moving, its primary is cut off or busy) is sent again a
+little later; one not answered in time goes again through the next daemon: the daemons apply
 each numbered record once, so a retry never counts twice, nor does running the same
 producer (same id, same numbering) again after a crash.
 
@@ -68,7 +68,7 @@ class Producer:
 
     def __init__(self, ingest: str, nodes: list[str] | None = None, *,
                  producer_id: str | None = None, start: int = 1, batch: int = 1000,
-                 in_flight: int = 4, timeout: float = 5.0, give_up: float = 30.0,
+                 in_flight: int = 16, timeout: float = 5.0, give_up: float = 30.0,
                  linger: float = 0.05, secret: bytes | None = None) -> None:
         self.ingest = ingest
         self.nodes = list(nodes or ["127.0.0.1:7400"])
@@ -223,8 +223,7 @@ class Producer:
                 self._progress_at = time.monotonic()
             if result["acked_upto"] >= batch.last:
                 return
-        # "retry", or the partition lacks our earlier records still: again, a bit later
+        # "retry" (the daemon answered: it stays our way in), or the partition lacks our
+        # earlier records still: again, a bit later
         batch.due = time.monotonic() + RETRY_AFTER
-        if "retry" in result:
-            batch.node = (batch.node + 1) % len(self.nodes)
         self._waiting.appendleft(batch)

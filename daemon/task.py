@@ -75,6 +75,8 @@ EOS_SENT = "eos"
 PRODUCER = "p:"
 """Origins ``p:<producer id>``: an ingest producer's records, numbered one by one (a
 shuffled batch's origin is a task, numbering whole batches)."""
+MAX_PRODUCED_RECORDS = 100_000
+"""Producers' records an ingest task queues at most; past it, it answers busy."""
 UNKNOWN_PRODUCER = -1
 """The "applied" answer to a batch past record 1 of a producer forgotten after its TTL
 (a producer never seen is answered mark 0: its batch may have overtaken its first)."""
@@ -394,7 +396,12 @@ class PartitionTask:
                 and self.ctx.pressure.outbox_bytes < MAX_MEMBER_PENDING_BYTES)
 
     def receive(self, batch: Inbound, now: float) -> None:
-        """Queue a shuffled batch for the next step."""
+        """Queue a shuffled batch for the next step; a producer's batch is answered "no
+        mark" at once (busy: its producer sends it again a little later) while this
+        task holds MAX_PRODUCED_RECORDS of them."""
+        if self.ingesting and self.inbox_records >= MAX_PRODUCED_RECORDS:
+            batch.reply(None)
+            return
         if not self.inbox:
             self.inbox_since = now
         self.inbox.append(batch)

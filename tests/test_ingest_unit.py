@@ -115,3 +115,18 @@ def test_a_producer_silent_past_its_ttl_is_forgotten_and_refused_past_record_1(
     task.step()
     task.on_replicated("b", task.number)
     assert answers[4:] == [[1, 1]]
+
+
+def test_a_busy_ingest_task_answers_no_mark_and_queues_nothing_more(task) -> None:
+    from daemon.task import MAX_PRODUCED_RECORDS
+
+    answers: list = []
+    produce(task, "a", 1, ["x"] * MAX_PRODUCED_RECORDS, answers)
+    produce(task, "b", 1, ["y"], answers)  # busy: answered at once, not queued
+    assert answers == [None] and task.inbox_records == MAX_PRODUCED_RECORDS
+    task.step()
+    task.on_replicated("b", task.number)
+    produce(task, "b", 1, ["y"], answers)  # room again
+    task.step()
+    task.on_replicated("b", task.number)
+    assert answers[1:] == [[MAX_PRODUCED_RECORDS, MAX_PRODUCED_RECORDS], [1, 1]]
