@@ -118,6 +118,10 @@ class Part:
     """No takeover before this time."""
     seen: int = 0
     """The highest epoch a failed takeover met."""
+    was: str | None = None
+    """Who ran it last as far as we know: us, if we ran it when the view changed, else
+    the last other member a view of ours named its primary (None: unknown). While that
+    other member is alive it may still run the partition, so a takeover asks first."""
 
 
 class Owner:
@@ -186,6 +190,12 @@ class Owner:
 
     def view(self, view: View) -> None:
         """The member's view changed: start, keep, hand over or stop each partition."""
+        if self.current is not None:
+            for part, old in zip(self.parts, self.current.sets):
+                if part.active is not None:
+                    part.was = self.me
+                elif old[0] != self.me:
+                    part.was = old[0]
         self.current = view
         self._place()
 
@@ -282,8 +292,8 @@ class Owner:
         seen = max(max(self.parts[p].seen, *(max(m.epoch, m.promised) for m in map(
             self.store.task_meta, tasks[p]))) for p in partitions)
         epoch = epoch_after(seen, self.me)
-        waiting = frozenset(p for p in partitions if self.parts[p].deferred is None
-                            or now - self.parts[p].deferred < WAIT_FOR_HANDOVER)
+        waiting = frozenset(p for p in partitions if self._may_run_elsewhere(p) and (
+            self.parts[p].deferred is None or now - self.parts[p].deferred < WAIT_FOR_HANDOVER))
         takeover = Takeover(
             self.me, self.store, self.host.call, epoch, tasks,
             {p: self.current.sets[p] for p in partitions}, list(self.current.members),
@@ -296,6 +306,15 @@ class Owner:
         log.info("event=takeover_start member=%s flow=%s partitions=%d epoch=%d",
                  self.me, self.flow, len(partitions), epoch)
         takeover.start()
+
+    def _may_run_elsewhere(self, p: int) -> bool:
+        """Whether another live member may still run ``p`` (then a takeover asks it
+        first, so a join or a return hands it over without a pause): unknown, or its
+        last other primary is in our view. A primary that died runs nothing: skipping
+        the question saves a round trip of every failover."""
+        was = self.parts[p].was
+        return was is None or (was != self.me and self.current is not None
+                               and was in self.current.members)
 
     def _deferred(self, takeover: Takeover, p: int) -> None:
         """Another member still runs ``p``: it copies it here, then steps down."""

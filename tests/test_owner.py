@@ -65,6 +65,7 @@ class Member:
         clock, base = sim.cluster.clock, sim.cluster.call(name)
 
         def call(member: str, kind: str, args: Any, on_reply: Callable[[Any], None]) -> None:
+            sim.calls.append((name, member, kind))
             if self.alive:
                 base(member, kind, args, lambda answer: self.alive and on_reply(answer))
 
@@ -104,6 +105,8 @@ class Sim:
         """Every activation in order: (time, member, partition)."""
         self.writer_epoch: dict[TaskId, int] = {}
         self.checks = 0
+        self.calls: list[tuple[str, str, str]] = []
+        """Every request an owner made: (from, to, kind)."""
 
     @property
     def up(self) -> list[Member]:
@@ -236,9 +239,12 @@ def test_a_primary_leaves_and_each_partition_gets_one_owner_at_a_higher_epoch(
     gone = sets[0][0]
 
     sim.crash(gone)
-    since = len(sim.activations)
+    since, calls = len(sim.activations), len(sim.calls)
     sim.true_views()
     assert sim.settle() < 2.0
+    # a dead primary runs nothing: its partitions are promised at once, never probed
+    assert [c for c in sim.calls[calls:] if c[2] == "probe"] == []
+    assert any(c[2] == "promise" for c in sim.calls[calls:])
     after = View.of("a", [m for m in FIVE if m != gone], (), 16, 2).sets
     moved = 0
     for p in range(16):
