@@ -91,10 +91,8 @@ def test_stdlib_wordcount_on_three_daemons_is_exact(cluster: Cluster, tmp_path: 
     assert stages["0 source"]["records_in"] == lines
     assert stages["1 count"]["records_in"] == stages["0 source"]["records_out"]
     assert stages["1 count"]["records_out"] >= len(expected)
-    # a busy daemon is not a dead one: user code runs in the runtime process, so the
-    # flow at full load caused no suspicion anywhere
-    assert {node: cluster.stats(node).get("suspicions", 0) for node in THREE} == dict.fromkeys(
-        THREE, 0)
+    # (that a busy daemon is not suspected is tests/test_load.py's, on a heavier flow and
+    # with the daemons' own load alone: here the rest of the suite's load may intrude)
 
 
 def test_wordcount_exact_after_kill_9_and_restart_mid_flow(cluster: Cluster,
@@ -187,7 +185,7 @@ more = flow.source(sources.generate(50, lambda i: f"x{i % 3}"), name="more")
 
 
 def test_every_keyed_operator_matches_the_local_runner(cluster: Cluster, tmp_path: Path) -> None:
-    cluster.start_many(THREE)
+    cluster.start_many(THREE, partitions=16)  # 8 stages: 16 partitions keep it quick
     path = write(tmp_path, "operators.py", OPERATORS)
     result = submit(cluster, "n0", path, "--wait")
     assert result.returncode == 0, result.stderr
