@@ -262,7 +262,7 @@ def test_publish_sink_is_tailed_through_any_daemon(cluster: Cluster, tmp_path: P
 
 def test_replace_runs_the_new_text_and_cancel_stops_a_flow(cluster: Cluster,
                                                            tmp_path: Path) -> None:
-    cluster.start_many(THREE)
+    cluster.start_many(THREE, partitions=16)
     text = "\n".join([
         "from nodes import Flow, sources, sinks",
         "flow = Flow('numbers')",

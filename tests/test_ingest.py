@@ -57,7 +57,7 @@ def send(cluster: Cluster, node: str, path: Path, *args: str,
 
 
 def test_a_file_sent_twice_counts_once(cluster: Cluster, tmp_path: Path) -> None:
-    cluster.start_many(THREE, replicas=2)
+    cluster.start_many(THREE, replicas=2, partitions=64)
     assert submit(cluster, "n0", write(tmp_path, "clicks.py", COUNTS)).returncode == 0
     data = lines(20_000)
     path = tmp_path / "clicks.jsonl"
@@ -78,7 +78,7 @@ def primary_of(cluster: Cluster, producer: str) -> str:
 
 def test_the_producers_primary_killed_mid_send_loses_and_doubles_nothing(
         cluster: Cluster, tmp_path: Path) -> None:
-    cluster.start_many(THREE, replicas=2)
+    cluster.start_many(THREE, replicas=2, partitions=64)
     assert submit(cluster, "n0", write(tmp_path, "clicks.py", COUNTS)).returncode == 0
     data = lines(100_000)
     path = tmp_path / "clicks.jsonl"
@@ -110,7 +110,8 @@ def test_a_cut_off_primary_never_acknowledges_and_nothing_counts_twice(
     every peer: it has no majority, so it acknowledges nothing; after the heal every
     record counts once."""
     for i, name in enumerate(THREE):
-        cluster.start(name, join=THREE[:1] if i else (), replicas=2, fault_injection=True)
+        cluster.start(name, join=THREE[:1] if i else (), replicas=2, partitions=64,
+                      fault_injection=True)
     cluster.wait_converged(THREE)
     assert submit(cluster, "n0", write(tmp_path, "clicks.py", COUNTS)).returncode == 0
     producer = "cut-producer"
@@ -142,7 +143,7 @@ def test_two_producers_interleaved_one_killed_and_restarted_are_exact(
         cluster: Cluster, tmp_path: Path) -> None:
     """Producer a is a `gossipflow send` process SIGKILLed mid-send, then run again; b, a
     Python Producer, sends all the while through the daemons in another order."""
-    cluster.start_many(THREE, replicas=2)
+    cluster.start_many(THREE, replicas=2, partitions=64)
     assert submit(cluster, "n0", write(tmp_path, "clicks.py", COUNTS)).returncode == 0
     a_lines, b_lines = lines(60_000), lines(30_000, 60_000)
     path = tmp_path / "a.jsonl"
@@ -174,7 +175,7 @@ def test_two_producers_interleaved_one_killed_and_restarted_are_exact(
 
 def test_bad_input_gets_its_exit_code_and_loses_nothing(cluster: Cluster,
                                                        tmp_path: Path) -> None:
-    cluster.start_many(THREE, replicas=2)
+    cluster.start_many(THREE, replicas=2, partitions=64)
     assert submit(cluster, "n0", write(tmp_path, "clicks.py", COUNTS)).returncode == 0
     path = tmp_path / "bad.jsonl"
     good = lines(5)

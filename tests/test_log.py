@@ -15,6 +15,7 @@ from daemons import ROOT, Cluster, clean_env, cluster_fixture, wait_for  # noqa:
 from test_flows_cluster import flow_record, submit, write
 
 from daemon.consumer import Consumer
+from nodes.plan import partition_of
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -45,7 +46,7 @@ def check_once_in_order(seen: list, n: int) -> None:
 
 def test_a_consumer_resumes_from_its_offsets_across_a_kill(cluster: Cluster,
                                                           tmp_path: Path) -> None:
-    cluster.start_many(THREE, replicas=2)
+    cluster.start_many(THREE, replicas=2, partitions=64)
     assert submit(cluster, "n0", write(tmp_path, "logged.py", LOGGED)).returncode == 0
     nodes = [cluster[n].address for n in THREE]
     seen: list = []
@@ -73,7 +74,7 @@ def gossipflow(*args: str) -> subprocess.CompletedProcess:
 
 def test_tail_prints_the_log_from_start_end_or_offsets_and_retention_drops_the_oldest(
         cluster: Cluster, tmp_path: Path) -> None:
-    cluster.start_many(THREE, replicas=2)
+    cluster.start_many(THREE, replicas=2, partitions=64)
     kept = LOGGED.replace('"logged"', '"kept"').replace(f"generate({N}", "generate(5000") \
         .replace("sinks.log()", "sinks.log(records=100)")
     assert submit(cluster, "n0", write(tmp_path, "kept.py", kept), "--wait").returncode == 0
@@ -82,7 +83,8 @@ def test_tail_prints_the_log_from_start_end_or_offsets_and_retention_drops_the_o
     assert everything.returncode == 0, everything.stderr
     lines = [json.loads(line) for line in everything.stdout.splitlines()]
     per_partition = Counter(line["partition"] for line in lines)
-    assert len(per_partition) == 13 and set(per_partition.values()) == {100}
+    assert set(per_partition) == {partition_of(str(k), 64) for k in range(13)}
+    assert set(per_partition.values()) == {100}
     for partition in per_partition:  # the last 100 offsets of each partition
         offsets = [line["offset"] for line in lines if line["partition"] == partition]
         assert offsets == list(range(offsets[0], offsets[0] + 100)) and offsets[0] > 0
