@@ -34,7 +34,7 @@ import logging
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import msgpack
 
@@ -324,8 +324,8 @@ class PartitionTask:
         """A source task without splits: nothing to read, nothing to send, done from the
         start (downstream tasks do not wait for its end of stream)."""
         self.ingesting = stage.source in ctx.ingests
-        self._forget_at = 0.0
         """An ingest source's task: producers' batches arrive in its inbox, forever."""
+        self._forget_at = 0.0
         if stage.kind == "source" and not self.ingesting:
             owners = ctx.split_partitions[stage.source]
             self.idle = partition not in owners
@@ -363,12 +363,13 @@ class PartitionTask:
             return None  # the replicas' answers wake us
         if self.acked:
             return now
-        later = min((t for t in self._segment_times() if t is not None), default=None)
+        later = self._segments_due() if self.segments else None
         if self.inbox:  # even when done: late duplicates must be answered
             if self.inbox_records >= self.ctx.batch_size * BATCHES_PER_COMMIT \
                     or self.inbox[-1].eos or self.offsets.get(EOS_SENT) or self.ingesting:
                 return now
-            return min(self.inbox_since + COMMIT_INTERVAL, later or float("inf"))
+            due = self.inbox_since + COMMIT_INTERVAL
+            return due if later is None else min(due, later)
         if self.idle or self.offsets.get(EOS_SENT):
             return later
         if self.input_done:
@@ -377,17 +378,18 @@ class PartitionTask:
             return now
         return later
 
-    def _segment_times(self) -> Iterator[float | None]:
-        """When segments need a step: a retry after a full disk, an open segment's age
-        limit, a closed one durable but not written (at once)."""
+    def _segments_due(self) -> float | None:
+        """When the files sink's segments need a step: a retry after a full disk, at
+        once for a closed one durable but not written, an open one's age limit."""
         if self.write_again_at:
-            yield self.write_again_at
-            return
+            return self.write_again_at
+        times = []
         for dest, segment in self.segments.items():
             if segment.writable(self.released.get(dest, 0)):
-                yield 0.0
-            elif segment.opened is not None:
-                yield segment.opened + SEGMENT_SECONDS
+                return 0.0
+            if segment.opened is not None:
+                times.append(segment.opened + SEGMENT_SECONDS)
+        return min(times, default=None)
 
     def may_read(self) -> bool:
         """A source task with input left, not held back by unacknowledged output."""
