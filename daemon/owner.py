@@ -14,8 +14,9 @@ the in-memory network (``tests/test_owner.py``).
 A partition's states; *mine* means the view holds a majority of the flow's
 voters and names this member first of the partition's replica set::
 
-    idle --mine, retry due--> taking over --accepted--> active
-    taking over --failed--> idle (retried RETRY_TAKEOVER later, above the epoch met)
+    idle --mine, retry due--> taking over --sealed--> active (fenced) --accepted--> active
+    taking over, active (fenced) --failed--> idle (retried RETRY_TAKEOVER later, above
+        the epoch met)
     taking over --another member runs it--> awaiting copy --HANDOVER_POLL--> taking over
     active --its set adds members--> handing over --copied, or timed out--> idle
     active --not mine and nobody to copy to, a replica gone, stale, lost copy--> idle
@@ -89,7 +90,10 @@ class Host:
     soon: Callable[[Callable[[], None]], None]
     """soon(fn): call fn after what is being handled now."""
     shipped: Callable[[PartitionTask], None]
-    """shipped(task): the task has commits to send (a handover's copy landed)."""
+    """shipped(task): the task has commits to send (a handover's copy landed, or it
+    started fenced behind its seal)."""
+    open: Callable[[int], None]
+    """open(partition): its takeover is complete; its tasks may release what they made."""
 
 
 class Active(NamedTuple):
@@ -110,6 +114,8 @@ class Part:
     """Running here and being copied to the members its new replica set adds."""
     takeover: Takeover | None = None
     """The round taking it over."""
+    opening: Takeover | None = None
+    """The round that activated it, fenced, and has yet to complete (then: open)."""
     started: float = 0.0
     """When that round began."""
     deferred: float | None = None
@@ -221,7 +227,7 @@ class Owner:
         if part.handover is not None:
             part.handover.cancel()
             part.handover = None
-        part.active = None
+        part.active = part.opening = None
         self.host.deactivate(p)
         part.retry_at = self.clock() + retry_in
         log.info("event=step_down member=%s flow=%s partition=%d reason=%s",
@@ -297,7 +303,8 @@ class Owner:
         takeover = Takeover(
             self.me, self.store, self.host.call, epoch, tasks,
             {p: self.current.sets[p] for p in partitions}, list(self.current.members),
-            self.voters, on_ready=lambda p: self._took_over(takeover, p),
+            self.voters, on_running=lambda p: self._took_over(takeover, p),
+            on_ready=lambda p: self._opened(takeover, p),
             on_failed=lambda p, seen: self._failed(takeover, p, seen),
             defer_to_running=waiting, on_deferred=lambda p: self._deferred(takeover, p),
             soon=self.host.soon)
@@ -333,12 +340,21 @@ class Owner:
         if part.takeover is not takeover or self.stopped:
             return
         part.takeover = part.deferred = None
+        part.opening = takeover
         replicas = tuple(takeover.sets[p][1:])
         part.active = Active(takeover.epoch, replicas,
                              self.host.activate(p, takeover.epoch, replicas))
+        for task in part.active.tasks:
+            self.host.shipped(task)  # the seal goes with its first commits
         log.info("event=partition_active member=%s flow=%s partition=%d epoch=%d replicas=%s "
                  "took=%.3f", self.me, self.flow, p, takeover.epoch, ",".join(replicas) or "-",
                  self.clock() - part.started)
+
+    def _opened(self, takeover: Takeover, p: int) -> None:
+        part = self.parts[p]
+        if part.opening is takeover and part.active is not None and not self.stopped:
+            part.opening = None
+            self.host.open(p)
 
     def _failed(self, takeover: Takeover, p: int, seen: int) -> None:
         part = self.parts[p]
@@ -346,3 +362,6 @@ class Owner:
             part.takeover = None
             part.seen = max(part.seen, seen)
             part.retry_at = self.clock() + RETRY_TAKEOVER
+        elif part.opening is takeover:  # it ran fenced, released nothing: stop it
+            part.seen = max(part.seen, seen)
+            self.step_down(p, "takeover failed", RETRY_TAKEOVER)

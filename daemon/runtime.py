@@ -113,7 +113,8 @@ class RunningFlow:
         return [TaskId(self.id, stage.id, p) for stage in self.plan.stages]
 
     def activate(self, p: int, epoch: int, replicas: tuple[str, ...]) -> list[PartitionTask]:
-        tasks = [PartitionTask(self.ctx, stage, p, epoch, replicas) for stage in self.plan.stages]
+        tasks = [PartitionTask(self.ctx, stage, p, epoch, replicas, fenced=True)
+                 for stage in self.plan.stages]
         for task in tasks:
             self.tasks[(task.stage.id, p)] = task
         return tasks
@@ -365,7 +366,7 @@ class Runtime:
                              running, p, epoch, replicas),
                          deactivate=lambda p: self._deactivate(running, p),
                          call=self._call, soon=lambda fn: self.post("reply", lambda _: fn(), None),
-                         shipped=self._to_replicate.add),
+                         shipped=self._to_replicate.add, open=lambda p: self._open(running, p)),
                      time.monotonic, self.view if self.has_view else None)
 
     def _activate(self, running: RunningFlow, p: int, epoch: int,
@@ -379,6 +380,14 @@ class Runtime:
             if resumed:
                 self._resuming[task.id] = time.monotonic()
         return tasks
+
+    def _open(self, running: RunningFlow, p: int) -> None:
+        """The owner's takeover of ``p`` completed: its tasks release what they made."""
+        for stage in running.plan.stages:
+            task = running.tasks.get((stage.id, p))
+            if task is not None:
+                task.open()
+                self._ready[task.id] = task
 
     def _deactivate(self, running: RunningFlow, p: int) -> None:
         """The owner stepped down from ``p``: its tasks stop, their inputs go back."""

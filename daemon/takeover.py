@@ -27,8 +27,13 @@ the rules are :mod:`daemon.ownership`'s):
    whose members lack the seal is safe, for a later round trusts only a member
    of that set whose copy holds its epoch (:func:`daemon.ownership.choose`),
    ours at least; it only waits for us should we die inside that round trip;
-6. **activate**: ``on_ready(partition)`` runs the tasks; what their store
-   holds is on every replica, so the outbox goes out at once.
+6. **run**: as soon as seal and accept are sent, ``on_running(partition)``
+   starts the tasks *fenced*: they process and commit (their commits follow
+   the seal to the replicas) but release nothing;
+7. **open**: once every replica holds the seal and a majority accepted,
+   ``on_ready(partition)``: the tasks release what their commits produced, the
+   outbox they started with first. So a takeover costs the tasks no round trip
+   beyond the promise, and nothing leaves before the rule of step 4 holds.
 
 Each step talks through ``call(member, kind, args, on_reply)`` (ourselves
 included), whose ``on_reply`` gets the answer or None; replies must arrive on
@@ -62,11 +67,12 @@ class Takeover:
                  on_failed: Callable[[int, int], None],
                  defer_to_running: frozenset[int] = frozenset(),
                  on_deferred: Callable[[int], None] = lambda p: None,
-                 soon: Callable[[Callable[[], None]], None] = lambda fn: fn()) -> None:
+                 soon: Callable[[Callable[[], None]], None] = lambda fn: fn(),
+                 on_running: Callable[[int], None] = lambda p: None) -> None:
         self.me, self.store, self.call, self.epoch = me, store, call, epoch
         self.tasks, self.sets, self.members = tasks, replica_sets, members
         self.voters = voters
-        self.on_ready, self.on_failed = on_ready, on_failed
+        self.on_ready, self.on_failed, self.on_running = on_ready, on_failed, on_running
         self.defer, self.on_deferred = defer_to_running & set(tasks), on_deferred
         self.others = [m for m in self.members if m != self.me]
         self.probes: dict[str, Any] = {}
@@ -278,6 +284,9 @@ class Takeover:
             for member in self.members:
                 self.call(member, "accept", args, lambda answer, parts=sealing, m=member:
                           self._accepted(parts, m, answer))
+        for p in sealing:
+            if p in self.waiting:
+                self.on_running(p)
 
     def _pending(self, parts: list[int], answer: Any, ok: bool
                   ) -> list[tuple[int, list, slice]]:
@@ -294,7 +303,8 @@ class Takeover:
     def _sealed(self, parts: list[int], lasts: list[int], answer: Any) -> None:
         ok = isinstance(answer, list) and len(answer) == len(lasts)
         for p, mine, where in self._pending(parts, answer, ok):
-            if not (ok and all(_at(a, last, self.epoch) for a, last in zip(mine, lasts[where]))):
+            if not (ok and all(_holds(a, last, self.epoch)
+                               for a, last in zip(mine, lasts[where]))):
                 self._fail(p, max((_seen(a) for a in mine), default=0))
             else:
                 self._answered(p)
@@ -331,6 +341,14 @@ def _at(answer: Any, last: int, epoch: int) -> bool:
     """Whether a replica's [last, promised] answer says it holds ``last`` under ``epoch``."""
     return (isinstance(answer, list) and len(answer) == 2 and answer[0] == last
             and type(answer[1]) is int and answer[1] <= epoch)
+
+
+def _holds(answer: Any, seal: int, epoch: int) -> bool:
+    """Whether a replica's [last, promised] answer says it holds our ``seal``: it promised
+    ``epoch`` (so takes commits of ours alone) and holds ``seal`` or later ones (the
+    running tasks ship the seal too, before their own commits)."""
+    return (isinstance(answer, list) and len(answer) == 2 and type(answer[0]) is int
+            and answer[0] >= seal and type(answer[1]) is int and answer[1] <= epoch)
 
 
 def _seen(answer: Any) -> int:

@@ -256,17 +256,25 @@ class PartitionTask:
     run as primary in ``epoch`` with its commits replicated to ``replicas``.
 
     What the store holds when the task starts is on every replica already (the
-    takeover made it so): its outbox may be sent at once.
+    takeover made it so): its outbox may be sent at once. Unless ``fenced``: then
+    the store's last commit is the takeover's seal, which may not be on every
+    replica yet (the task ships it with its own commits) nor its replica set
+    accepted; the task runs and commits but releases nothing until :meth:`open`.
     """
 
     def __init__(self, ctx: FlowContext, stage: Stage, partition: int, epoch: int = 0,
-                 replicas: tuple[str, ...] = ()) -> None:
+                 replicas: tuple[str, ...] = (), fenced: bool = False) -> None:
         self.ctx, self.stage, self.partition = ctx, stage, partition
         self.id = TaskId(ctx.flow_id, stage.id, partition)
         self.epoch = epoch
         store = ctx.store
         self.number = store.task_meta(self.id).last
-        self.log = ReplicaLog(replicas, self.number)
+        self.fenced = fenced
+        """Until :meth:`open`: nothing is released (see the class docstring)."""
+        self.log = ReplicaLog(replicas, self.number - fenced)
+        if fenced:
+            seal = Commit(self.id, epoch, self.number)
+            self.log.add(self.number, seal.to_bytes() if self.log.shipping else b"")
         self.offsets = {k: unpack(v) for k, v in store.offsets(self.id).items()}
         self.marks = store.marks(self.id)
         self._state: dict | None = None
@@ -280,7 +288,9 @@ class PartitionTask:
         self.pending_bytes = sum(len(p) for dest, q in self.pending.items()
                                  if not dest.startswith(SEGMENT) for _, p in q)
         self.pending_count = sum(map(len, self.pending.values()))
-        self.released = {dest: queue[-1][0] for dest, queue in self.pending.items()}
+        self.released: dict[str, int] = {}
+        """Per destination, the highest outbox sequence whose commit is durable."""
+        started_with = {dest: queue[-1][0] for dest, queue in self.pending.items()}
         self.segments: dict[str, Segment] = {}
         """Per files sink destination, the segment being filled and written."""
         for dest, queue in self.pending.items():
@@ -292,17 +302,21 @@ class PartitionTask:
             k[2:]: tuple(unpack(v)) for k, v in store.offsets(self.id).items()
             if k.startswith("l:")}
         """Per log sink, [first offset kept, next offset] as of our last commit..."""
-        self.log_durable = dict(self.logs)
+        self.log_durable: dict[str, tuple[int, int]] = {}
         """... and as of our last durable commit: readers see only these records."""
         self._log_sizes: dict[str, deque[int]] = {}
         self._log_bytes: dict[str, int] = {}
         self._log_commits: deque[tuple[int, dict[str, tuple[int, int]]]] = deque()
         self.unsent = set(self.pending)
         """Destinations that may have entries to send now (so pump skips the others)."""
-        """Per destination, the highest outbox sequence whose commit is durable."""
         self.held: deque[tuple[int, dict[str, int], list, list]] = deque()
         """(commit number, its outbox sequences, input replies, publications) waiting
         for that commit to be on every replica."""
+        if fenced:  # what we started with is released with the seal
+            self.held.append((self.number, started_with, [], []))
+            self._log_commits.append((self.number, dict(self.logs)))
+        else:
+            self.released, self.log_durable = started_with, dict(self.logs)
         self.sent: dict[str, int] = {}  # destination -> highest sequence sent, not yet acked
         self.acked: list[tuple[str, int]] = []  # outbox entries to delete in the next commit
         self._acked_upto: dict[str, int] = {}  # destination -> highest sequence in acked
@@ -354,7 +368,7 @@ class PartitionTask:
     def done(self) -> bool:
         """All input consumed, end-of-stream sent, and every output acknowledged."""
         return self.idle or (bool(self.offsets.get(EOS_SENT)) and not self.pending_count
-                             and self.log.durable >= self.number)
+                             and self.log.durable >= self.number and not self.fenced)
 
     def wake_at(self, now: float) -> float | None:
         """When this task should step next: ``now`` or earlier for at once, a later time
@@ -465,9 +479,16 @@ class PartitionTask:
             self._log_commits.append((self.number, logs))
         self.release()
 
+    def open(self) -> None:
+        """The takeover's seal is on every replica and its replica set accepted: release."""
+        self.fenced = False
+        self.release()
+
     def release(self) -> None:
         """Let out what durable commits produced (outputs, acknowledgements,
-        publications), in commit order, and send."""
+        publications), in commit order, and send (nothing while fenced)."""
+        if self.fenced:
+            return
         durable = self.log.durable
         while self._log_commits and self._log_commits[0][0] <= durable:
             self.log_durable.update(self._log_commits.popleft()[1])

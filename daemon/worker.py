@@ -400,7 +400,7 @@ def log_entries(store: Store, runtime: Any, args: dict[str, Any]) -> dict[str, A
     starts, end = args.get("from") or {}, bool(args.get("end"))
     parts: dict[str, list] = {}
     for task in list(running.tasks.values()):
-        if sink not in task.stage.outputs:
+        if sink not in task.stage.outputs or task.fenced:  # fenced: not readable yet
             continue
         first, bound = task.log_durable.get(sink, (0, 0))
         start = bound if end else max(first, int(starts.get(str(task.partition), 0)))

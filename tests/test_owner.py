@@ -3,14 +3,16 @@ each an :class:`~daemon.owner.Owner` with a real store and ReplicaServer on one
 MemoryNetwork and FakeClock (the Cluster of test_replication), fed views and ticks.
 
 Its host runs stand-in tasks (what a Handover reads of a PartitionTask), so the only
-commits are the takeovers' seals. Checked at every tick and at every activation:
+commits are the takeovers' seals. Checked at every tick, activation and opening (a
+takeover activates its partition fenced, then opens it: lets it release):
 
 - *one writer*: per task, at most one active owner whose whole replica set (itself
   included) would accept a commit of its epoch (no store there promised or holds a
   newer one), and the epoch of that owner never goes down;
-- *one history*: no two activations of a partition at one epoch, and, ordered by
-  epoch, each activation's copy holds more commits than the one before (it continued
-  from the last durable copy and sealed it, never from an older copy).
+- *one history*: no two openings of a partition at one epoch, and, ordered by epoch,
+  each opening's copy holds more commits than the one before (it continued from the
+  last durable copy and sealed it, never from an older copy). A fenced activation
+  whose round fails released nothing: a later round may go on without its seal.
 
 Covered: a primary leaves (5 members); a 3|2 cut and its heal (the minority steps
 down, the majority runs only what the availability rule allows); random cuts, heals,
@@ -60,6 +62,9 @@ class Member:
         self.sim, self.name, self.alive = sim, name, True
         self.store = sim.cluster.stores[name]
         self.running: dict[int, list[Task]] = {}
+        self.seals: dict[int, list[int | None]] = {}
+        """Per partition activated: its seal's number per task, or None where a newer
+        round's commit is in its store already (it activates fenced)."""
         sim.cluster.servers[name] = ReplicaServer(
             self.store, running=lambda task: task.partition in self.running)
         clock, base = sim.cluster.clock, sim.cluster.call(name)
@@ -75,16 +80,22 @@ class Member:
         self.owner = Owner(name, FLOW, sim.partitions, tasks_of, sim.voters, self.store,
                            Host(activate=self.activate,
                                 deactivate=lambda p: self.running.pop(p, None),
-                                call=call, soon=soon, shipped=lambda task: None), clock.now)
+                                call=call, soon=soon, shipped=lambda task: None,
+                                open=self.open), clock.now)
 
     def activate(self, p: int, epoch: int, replicas: tuple[str, ...]) -> list[Task]:
         assert self.alive, f"{self.name} crashed but activated partition {p}"
         metas = [self.store.task_meta(t) for t in tasks_of(p)]
         tasks = [Task(t, epoch, replicas, meta.last) for t, meta in zip(tasks_of(p), metas)]
-        self.sim.activated(self.name, p, epoch, replicas,
-                           [meta.last if meta.epoch == epoch else None for meta in metas])
+        self.sim.check(p, (self.name, epoch, replicas))
         self.running[p] = tasks
+        self.seals[p] = [meta.last if meta.epoch == epoch else None for meta in metas]
         return tasks
+
+    def open(self, p: int) -> None:
+        assert self.alive and p in self.running, f"{self.name} opened partition {p} idle"
+        task = self.running[p][0]
+        self.sim.activated(self.name, p, task.epoch, self.seals[p])
 
 
 class Sim:
@@ -99,10 +110,10 @@ class Sim:
         self.down: set[str] = set()
         self.views: dict[str, list[str]] = {}
         self.history: dict[int, list[tuple[int, str, list[int | None]]]] = {}
-        """Per partition, every activation: (epoch, member, its seal's number per task, or
-        None where a newer round's commit is in its store already: it activates fenced)."""
+        """Per partition, every opening: (epoch, member, its seal's number per task, or
+        None where a newer round's commit is in its store already)."""
         self.activations: list[tuple[float, str, int]] = []
-        """Every activation in order: (time, member, partition)."""
+        """Every opening in order: (time, member, partition)."""
         self.writer_epoch: dict[TaskId, int] = {}
         self.checks = 0
         self.calls: list[tuple[str, str, str]] = []
@@ -199,8 +210,7 @@ class Sim:
                     assert epoch >= self.writer_epoch.get(task, 0), f"{task}: epoch went back"
                     self.writer_epoch[task] = epoch
 
-    def activated(self, name: str, p: int, epoch: int, replicas: tuple[str, ...],
-                  lasts: list[int | None]) -> None:
+    def activated(self, name: str, p: int, epoch: int, lasts: list[int | None]) -> None:
         history = self.history.setdefault(p, [])
         assert epoch not in {e for e, _, _ in history}, f"partition {p}: epoch {epoch} twice"
         history.append((epoch, name, lasts))
@@ -209,7 +219,7 @@ class Sim:
             seals = [lasts[i] for _, _, lasts in sorted(history) if lasts[i] is not None]
             assert seals == sorted(set(seals)), \
                 f"partition {p}: a takeover went on from an older copy: {sorted(history)}"
-        self.check(p, (name, epoch, replicas))
+        self.check(p)
 
 
 @pytest.fixture
@@ -259,6 +269,36 @@ def test_a_primary_leaves_and_each_partition_gets_one_owner_at_a_higher_epoch(
         assert states[str(p)] == {"epoch": sim.epoch(p), "replicas": after[p][1:],
                                   "state": "active", "unreplicated": 0}
     assert moved >= sum(gone in s for s in sets)
+
+
+def test_a_takeover_refused_after_its_tasks_started_fenced_stops_them_and_retries(
+        make_sim: Any) -> None:
+    """The accept of a round meets a newer promise on a majority after the primary
+    started its tasks fenced: the owner stops them (they released nothing, the sim
+    records no opening) and a later round, above the epoch met, opens the partition."""
+    sim = make_sim(["a", "b", "c"], 1, seed=4)
+    primary = View.of("a", "abc", (), 1, 2).sets[0][0]
+    member = sim.members[primary]
+    call, stops = member.owner.host.call, []
+    newer: list[int] = []
+
+    def refusing(to: str, kind: str, args: Any, on_reply: Callable[[Any], None]) -> None:
+        if kind == "accept" and to != primary and not newer:
+            newer.append(args["epoch"] + 1)
+        if kind == "accept" and newer and args["epoch"] < newer[0]:
+            for t in tasks_of(0):
+                sim.cluster.stores[to].set_promise(t, newer[0])
+        call(to, kind, args, on_reply)
+
+    member.owner.host.call = refusing
+    deactivate = member.owner.host.deactivate
+    member.owner.host.deactivate = lambda p: stops.append(p) or deactivate(p)
+    sim.true_views()
+    sim.run(0.2)
+    assert stops == [0] and newer and sim.history.get(0, []) == []  # ran fenced, stopped
+    assert sim.settle() < 2.0  # the next round goes above the promise it met
+    (opened,) = sim.history[0]
+    assert opened[:2] == (sim.epoch(0), primary) and sim.epoch(0) > newer[0]
 
 
 # ---------------------------------------------------------------- a 3|2 cut and its heal

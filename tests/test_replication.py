@@ -492,6 +492,42 @@ def test_takeover_fails_without_a_majority_of_the_voters(make_cluster: Any) -> N
     assert data_of(content(cluster.stores["c"], TASK)) == data_of(before)
 
 
+def test_tasks_run_fenced_once_sealed_and_open_only_when_seal_and_accept_are_answered(
+        make_cluster: Any) -> None:
+    """The round starts the tasks (``on_running``) as soon as seal and accept are sent,
+    and calls ``on_ready`` (they may release) only once both are answered well; when a
+    newer round's promise reaches a majority meanwhile, the partition fails after it
+    started running (its owner stops it: it released nothing)."""
+    cluster = make_cluster(["a", "b", "c"])
+    t = TaskId(FLOW, 1, 0)
+    new = epoch_after(epoch_after(0, "a"), "c")
+    events: list[tuple[str, int]] = []
+    base = cluster.call("c")
+    newer = 0
+
+    def call(member: str, kind: str, args: Any, on_reply: Callable) -> None:
+        if kind == "accept" and member in "ab" and newer:
+            cluster.stores[member].set_promise(t, newer)  # a newer round came first
+        base(member, kind, args, on_reply)
+
+    def round_(epoch: int) -> list[tuple[str, int]]:
+        events.clear()
+        Takeover("c", cluster.stores["c"], call, epoch, {0: [t]}, {0: ["c", "b"]},
+                 ["a", "b", "c"], frozenset("abc"), lambda p: events.append(("ready", p)),
+                 lambda p, seen: events.append(("failed", seen)),
+                 soon=lambda fn: cluster.clock.call_later(0, fn),
+                 on_running=lambda p: events.append(
+                     ("running", cluster.stores["c"].task_meta(t).epoch))).start()
+        cluster.clock.advance(10 * TIMEOUT)
+        return list(events)
+
+    assert round_(new) == [("running", new), ("ready", 0)]  # sealed here, then open
+    assert cluster.stores["b"].task_meta(t) == cluster.stores["c"].task_meta(t)
+    newer = new + 5
+    assert round_(new + 2) == [("running", new + 2), ("failed", newer)]
+    assert round_(new + 4) == [("failed", newer)]  # refused at the promise: never ran
+
+
 # ---------------------------------------------------------------- 4. restart mid-catch-up
 
 

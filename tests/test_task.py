@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.store import Store
+from daemon.store import Commit, Store, TaskId
 from daemon.task import (
     BATCHES_PER_COMMIT,
     SOURCE_BATCHES_PER_COMMIT,
@@ -201,8 +201,6 @@ def test_an_outbox_with_a_hole_breaks_the_task_loudly_instead_of_crashing(store,
     """An outbox whose sequences skip one never happens in one history (the runtime
     crashed on it in a loop when two histories of a partition existed): the task sends
     what it can elsewhere, and says why it is broken so the runtime fails the flow."""
-    from daemon.store import Commit, TaskId
-
     sent: list = []
     ctx = context(store, sent, tmp_path)
     task_id = TaskId(ctx.flow_id, 1, 0)
@@ -214,3 +212,55 @@ def test_an_outbox_with_a_hole_breaks_the_task_loudly_instead_of_crashing(store,
     task.pump()
     assert "lacks sequences between 1 and 4" in task.broken
     assert [(dest, seq) for _, dest, seq, _ in sent] == [("2/1", 1)]
+
+
+def test_a_fenced_task_runs_but_releases_nothing_until_open_and_its_seal_is_durable(
+        store, tmp_path):
+    """A takeover activates its tasks behind their seal, fenced: they process and commit
+    (the seal first on the way to the replicas) but send no outbox entry and answer no
+    input until the takeover completes (open) and the seal is on every replica."""
+    sent: list = []
+    ctx = context(store, sent, tmp_path)
+    source = PartitionTask(ctx, ctx.plan.stages[0], next(iter(ctx.senders(0))))
+    source.step()  # an old primary's life: its outbox stays in the store
+    outbox = [(dest, seq) for dest, seq, _ in store.outbox(source.id)]
+    assert outbox and sorted((d, s) for _, d, s, _ in sent) == sorted(outbox)
+    tasks = [source.id, TaskId(ctx.flow_id, 1, 0)]
+    for task_id in tasks:  # the takeover's seals, applied here at its epoch
+        store.apply(Commit(task_id, 7, store.task_meta(task_id).last + 1))
+    sent.clear()
+    resumed = PartitionTask(ctx, ctx.plan.stages[0], source.partition, 7, ("b",), fenced=True)
+    keyed = PartitionTask(ctx, ctx.plan.stages[1], 0, 7, ("b",), fenced=True)
+    seal = store.task_meta(keyed.id).last
+    replies: list = []
+    keyed.receive(batch(sorted(keyed.upstream)[0], 1, [("a", 3)], replies), 0.0)
+    keyed.step()
+    resumed.pump()
+    assert keyed.state == {"a": 3} and keyed.number == seal + 1  # it ran and committed
+    assert [n for n, _ in keyed.log.take("b")] == [seal, seal + 1]  # the seal goes first
+    assert replies == [] and sent == []  # nothing left: not durable, not open
+    keyed.on_replicated("b", seal + 1)
+    resumed.on_replicated("b", store.task_meta(resumed.id).last)
+    assert replies == [] and sent == [] and not keyed.done  # durable, but still fenced
+    keyed.open()
+    resumed.open()
+    assert replies == [(sorted(keyed.upstream)[0], 1, 1)]
+    assert sorted((d, s) for _, d, s, _ in sent) == sorted(outbox)  # sent again, once open
+
+
+def test_an_open_task_waits_for_its_seal_on_every_replica(store, tmp_path):
+    sent: list = []
+    ctx = context(store, sent, tmp_path)
+    keyed = PartitionTask(ctx, ctx.plan.stages[1], 0)
+    store.apply(Commit(keyed.id, 5, 1))
+    keyed = PartitionTask(ctx, ctx.plan.stages[1], 0, 5, ("b", "c"), fenced=True)
+    replies: list = []
+    keyed.receive(batch(sorted(keyed.upstream)[0], 1, [("a", 1)], replies), 0.0)
+    keyed.step()
+    keyed.open()
+    assert replies == []
+    keyed.on_replicated("b", 2)
+    keyed.on_replicated("c", 1)  # the seal alone: the commit answering the input is not
+    assert replies == []
+    keyed.on_replicated("c", 2)
+    assert replies == [(sorted(keyed.upstream)[0], 1, 1)]
