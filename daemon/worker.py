@@ -298,6 +298,10 @@ def source_splits(text: str, path: str, partitions: int) -> dict[str, Any]:
     ``{"splits": {source name: [split, ...]}}``, or ``{"error": why}``."""
     try:
         the_plan = make_plan(load_flow(text, path))
+        timed = next((s for s in the_plan.stages if s.timed or s.event_time), None)
+        if timed is not None:
+            return {"error": f"stage {timed.name!r} uses event time: windows and joins run in"
+                             " nodes.testing.run for now, not yet on a cluster"}
         splits = {name: source.splits(partitions) for name, source in the_plan.sources.items()}
         for stage in the_plan.stages:  # producers' batches go to this stage's tasks
             if stage.source is not None and isinstance(the_plan.sources[stage.source],

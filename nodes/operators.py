@@ -67,6 +67,12 @@ def _map(ref: StepRef, fn: Callable) -> Callable[[Batch], Batch]:
     return run
 
 
+def call_each(ref: StepRef, fn: Callable) -> Callable[[Batch], Batch]:
+    """``run(batch) -> [fn(record) for record in batch]``, with the step's error messages
+    (what timed filters and flat_maps build on)."""
+    return _map(ref, fn)
+
+
 def _filter(ref: StepRef, fn: Callable) -> Callable[[Batch], Batch]:
     def run(batch: Batch) -> Batch:
         it = iter(batch)

@@ -52,6 +52,56 @@ and ``encode(records)``; publish). Keyed heads emit a changelog: one
 If a commit fails, the runtime restores the ``touched`` keys of the state
 from its last commit before retrying.
 
+Event time (issue 11). A source stage with ``stage.event_time`` (an
+``EventTime``: max_delay and allowed_lateness in ms, idle_after in s) stamps
+its records; a *timed* stage (``stage.timed``: its head is a window or join)
+takes them with watermarks. Watermarks and timestamps are int ms;
+``nodes.eventtime.MIN_TIME`` / ``MAX_TIME`` are minus / plus infinity. What a
+runtime must do:
+
+1. Source tasks: per split i, keep a time state ``t_i`` (None at first; then an
+   int: the largest ts read from the split) beside the split's offset, in the
+   same commit (e.g. offsets key ``t{i}``), and hand it back on the next read:
+
+       t_i = stage.feed(records, None, outbox, t_i)    # returns the new t_i
+
+   The split's watermark is ``stage.split_watermark(t_i, done_i)``; the task's
+   watermark is the minimum over its splits (a split not started has t None:
+   MIN_TIME; a done split MAX_TIME). A source without event time always gives
+   MAX_TIME. With event time, sources split independently of P (``Source.timed``,
+   set by the plan: files/jsonl one split per file, generate fixed ranges), so
+   splits and their watermarks are the same for every cluster.
+2. Every outbox entry a source task sends to a timed stage carries the task's
+   watermark after that commit's reads, beside the records and under the same
+   sequence number (replay resends the same pair); an entry with no records and
+   a new watermark may be sent alone (at most every 200 ms per destination).
+3. Timed tasks: per upstream sender (the source tasks with splits of every stage in
+   ``stage.inputs``) keep the last watermark received (MIN_TIME until the first
+   entry, MAX_TIME after its end of stream), stored with the high-water marks. For
+   each entry, in sequence order: ``stage.feed(records, state, outbox)``, then update
+   that sender's watermark, then ``stage.advance(min over senders, state, outbox)``.
+   ``advance`` fires the windows the watermark closes into the outbox (their records
+   go to sinks and stages as usual) and is a no-op for a watermark not above the
+   last; when every sender is done, advance(MAX_TIME) fires everything.
+   Firing, the state it drops and its output are in ``outbox``/``touched`` like any
+   feed: commit them together, so each window fires exactly once across failover.
+4. State: a timed head keeps everything in the partition's ``state`` dict:
+   ``state[None]`` is ``[watermark, due]`` (the watermark advanced to, and the next
+   time advance has work), user keys (str/bytes) hold msgpack-able lists, dicts with
+   int keys, ints and the user's values. It is written through ``touched`` as for
+   other heads (None included) and reads back correctly when lists come back as
+   tuples (``use_list=False``, ``strict_map_key=False``).
+5. Late records: ``outbox.late`` (step name -> records) holds a timed stage's late
+   records since the last drain; read it before ``drain()`` to count them per step
+   (status). A flow that uses ``.late`` also gets them as ordinary output.
+
+Given the same sequence of (entry, watermark) per sender, a timed task fires the
+same windows; which records are late is decided at the source (by the split's
+own history), so the final rows do not depend on how entries of different
+senders interleave, on batching, or on commit timing (``reduce`` functions must
+be commutative as well as associative; ``fold`` and ``collect`` see values in
+event-time order, ties in arrival order).
+
 Example:
     >>> from nodes import Flow, sources, sinks
     >>> flow = Flow("wc")
@@ -76,7 +126,9 @@ from typing import Any
 import xxhash
 
 from daemon.placement import partition_of as _placement_partition_of
-from nodes.flow import KEY_PRESERVING, KEYED_OPS, Flow, Step
+from nodes.errors import FlowError
+from nodes.flow import HEADS, KEY_PRESERVING, TIMED_OPS, Flow, Step, expand
+from nodes.joins import LEFT, RIGHT, make_join_head
 from nodes.operators import compile_counting_key_by, compile_stateless
 from nodes.sinks import Sink
 from nodes.sources import Source
@@ -87,10 +139,15 @@ from nodes.stage import (
     op_combine,
     op_count_keys,
     op_emit,
+    op_emit_sided,
+    op_event_time,
     op_keys,
     op_node,
+    op_strip,
 )
-from nodes.stateful import make_head
+from nodes.stateful import Head, make_head
+from nodes.timed import compile_event_time, compile_timed
+from nodes.windowops import make_window_head
 
 __all__ = ["Outbox", "Output", "Plan", "Stage", "partition_of", "plan", "route"]
 ROUTE_CACHE_LIMIT = 1 << 20
@@ -198,24 +255,21 @@ class _Planner:
             self.partitioning[id(step)] = self._partitioning(step)
 
     def _expand(self, step: Step) -> list[Step]:
-        out = []
-        for p in step.inputs:
-            out += self._expand(p) if p.kind == "merge" else [p]
-        return out
+        return expand(step.inputs)
 
     def _partitioning(self, step: Step) -> str:
         if step.kind in ("source", "map", "flat_map", "sink"):
             return "plain"
         if step.kind == "key_by":
             return "pending"
-        if step.kind in KEYED_OPS:
+        if step.kind in HEADS or step.kind == "late":
             return "keyed"
         ins = {self.partitioning[id(p)] for p in self.producers[id(step)]}
         return "plain" if "plain" in ins else "pending" if "pending" in ins else "keyed"
 
     def boundary(self, u: Step, v: Step) -> tuple[str, Step] | None:
         """Is u -> v a shuffle? ("head", v) into a keyed op, ("shuffle", u) after key_by."""
-        if v.kind in KEYED_OPS:
+        if v.kind in HEADS:
             return ("head", v)
         if self.partitioning[id(u)] == "pending" and v.kind not in KEY_PRESERVING:
             return ("shuffle", u)
@@ -226,7 +280,7 @@ class _Planner:
         for s in self.steps:
             if s.kind == "source":
                 entries.append((s.index, 0, "source", s))
-            elif s.kind in KEYED_OPS:
+            elif s.kind in HEADS:
                 entries.append((s.index, 0, "keyed", s))
             if any(self.boundary(s, v) == ("shuffle", s) for v in self.consumers[id(s)]):
                 entries.append((s.index, 1, "shuffle", s))
@@ -234,11 +288,12 @@ class _Planner:
         self.stage_of = {(kind, id(s)): i for i, (_, _, kind, s) in enumerate(entries)}
         stages = []
         for i, (_, _, kind, anchor) in enumerate(entries):
-            head = make_head(anchor) if kind == "keyed" else None
+            head = _make_head(anchor) if kind == "keyed" else None
             name = anchor.name if kind != "shuffle" else f"shuffle:{anchor.name}"
             stages.append(Stage(i, name, kind, anchor.name if kind == "source" else None,
                                 head, anchor if kind == "keyed" else None))
         self.heads = {i: s._head for i, s in enumerate(stages) if s._head is not None}
+        self.stage_head = {i: e[3] for i, e in enumerate(entries) if e[2] == "keyed"}
         inputs: dict[int, set[int]] = {i: set() for i in range(len(stages))}
         for stage, (_, _, kind, anchor) in zip(stages, entries):
             self._compile(stage, kind, anchor)
@@ -249,6 +304,9 @@ class _Planner:
             stage.inputs = tuple(sorted(inputs[stage.id]))
         base = Path(self.flow.base_dir)
         sources = {s.name: s.arg.bind(s.ref, base) for s in self.steps if s.kind == "source"}
+        for stage in stages:
+            if stage.event_time is not None:
+                sources[stage.source].timed = True  # splits that do not depend on P
         sinks = {s.name: s.arg.bind(s.ref, base) for s in self.steps if s.kind == "sink"}
         return Plan(self.flow.name, base, stages, sources, sinks)
 
@@ -291,14 +349,48 @@ class _Planner:
         outputs: list[Output] = []
         program: list[Callable] = []
         keys_slots: dict[int, int] = {}  # key_by step id -> slot holding (keys, values)
+        stripped: dict[int, int] = {}  # timed step id -> slot holding its rows as records
+
+        def records_of(p: Step) -> int:
+            """The slot holding p's output as records (rows stripped of their time)."""
+            nonlocal n
+            if not p.time or (kind == "shuffle" and p is anchor):
+                return slot[id(p)]
+            if id(p) not in stripped:
+                stripped[id(p)] = n
+                n += 1
+                stage._slots = n
+                program.append(op_strip(slot[id(p)], n - 1, p.keyed))
+            return stripped[id(p)]
+
+        stamps = {id(m): m for m in members if m.kind == "event_time"}
+        if len(stamps) > 1:
+            a, b = sorted(stamps.values(), key=lambda m: m.index)[:2]
+            raise FlowError(
+                f"step '{b.name}' (event_time at {b.where}): the records of a source get one"
+                f" event time, and '{a.name}' (event_time at {a.where}) already stamps this"
+                " source's records; declare event_time once, before the streams branch",
+                step=b.name, where=b.where)
+        if stamps:
+            stage.event_time = next(iter(stamps.values())).arg
         for m in members:
             if id(m) == id(anchor) and kind != "shuffle":
                 ins: list[int] = []
             else:
                 ins = [0] * self.producers[id(m)].count(anchor) if id(m) in entry_ids else []
-                ins += [slot[id(p)] for p in self.producers[id(m)]
-                        if id(p) in slot and self.boundary(p, m) is None]
-            if m.kind == "sink":
+                local = [p for p in self.producers[id(m)]
+                         if id(p) in slot and self.boundary(p, m) is None]
+                ins += ([slot[id(p)] for p in local] if m.time and m.kind != "event_time"
+                        else [records_of(p) for p in local])
+            if m.kind == "late":
+                stage._late_slot = slot[id(m)]
+            elif m.kind == "event_time":
+                run = compile_event_time(m, keyed=m.keyed)
+                program.append(op_event_time(run, ins, slot[id(m)]))
+            elif m.time:
+                keyed_in = m.keyed and m.kind in KEY_PRESERVING
+                program.append(op_node(compile_timed(m, keyed_in), ins, slot[id(m)]))
+            elif m.kind == "sink":
                 outputs.append(m.name)
                 program.append(op_emit(m.name, ins))
             elif m.kind == "key_by" and self._counting_target(m) is not None:
@@ -312,7 +404,7 @@ class _Planner:
                 stage._slots = n
                 program.append(op_keys(compile_stateless(m), ins, slot[id(m)], n - 1,
                                      self._needs_tuples(m)))
-            elif m.kind in KEYED_OPS:
+            elif m.kind in HEADS:
                 pass  # the head: slot 0 holds its changelog
             elif m.kind != "source":
                 program.append(op_node(compile_stateless(m), ins, slot[id(m)]))
@@ -326,23 +418,36 @@ class _Planner:
                 if t not in outputs:
                     outputs.append(t)
                 head = self.heads.get(t)
+                if head is not None and getattr(head, "timed", False):
+                    for side in self._sides(m, self.stage_head[t]):
+                        program.append(op_emit(t, [slot[id(m)]]) if side is None
+                                       else op_emit_sided(t, slot[id(m)], side))
+                    continue
                 for _ in range(times if head is not None else 1):
                     if head is not None and head.partials:
-                        program.append(op_combine(head, t, keys_slots.get(id(m)), slot[id(m)]))
+                        program.append(op_combine(head, t, keys_slots.get(id(m)),
+                                                  records_of(m)))
                     else:
-                        program.append(op_emit(t, [slot[id(m)]]))
+                        program.append(op_emit(t, [records_of(m)]))
         stage._program = program
         stage.outputs = tuple(outputs)
         stage._partial_heads = {t: self.heads[t] for t in outputs
                                 if isinstance(t, int) and t in self.heads
                                 and self.heads[t].partials}
         stage.steps = tuple(m.name for m in members
-                            if m.kind not in ("sink", "source") and m.kind not in KEYED_OPS)
+                            if m.kind not in ("sink", "source", "late") and m.kind not in HEADS)
+
+    def _sides(self, m: Step, head: Step) -> list[str | None]:
+        """How m's rows enter a timed head: once per time m feeds it (joins: per side)."""
+        if head.kind not in ("interval_join", "window_join", "join_asof"):
+            return [None] * self.producers[id(head)].count(m)
+        left, right = expand(head.inputs[:1]), expand(head.inputs[1:])
+        return [LEFT] * left.count(m) + [RIGHT] * right.count(m)
 
     def _counting_target(self, step: Step) -> int | None:
         """The stage id if a key_by's one consumer is a count (fused key_by + combiner)."""
         consumers = self.consumers[id(step)]
-        if len(consumers) == 1 and consumers[0].kind == "count":
+        if len(consumers) == 1 and consumers[0].kind == "count" and not step.time:
             return self._target(step, consumers[0])
         return None
 
@@ -356,3 +461,11 @@ class _Planner:
             if head is None or not head.partials:
                 return True
         return False
+
+
+def _make_head(step: Step) -> Head:
+    if step.kind == "window":
+        return make_window_head(step)
+    if step.kind in TIMED_OPS:
+        return make_join_head(step)
+    return make_head(step)

@@ -28,11 +28,13 @@ from __future__ import annotations
 
 import json
 import os
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from nodes.endpoint import Endpoint
 from nodes.errors import FlowError, safe_repr, typed
+from nodes.windows import Windowed
 
 
 class Sink(Endpoint):
@@ -79,14 +81,15 @@ class FilesSink(Sink):
         return self.path / f"part-{partition:05d}-{first:010d}.jsonl"
 
     def encode(self, records: list) -> bytes:
-        """JSON lines for ``records`` (tuples become arrays).
+        """JSON lines for ``records`` (tuples become arrays, datetimes ISO 8601 strings).
 
         Raises:
             FlowError: a record is not JSON-serialisable (names the step and the record).
         """
         dumps = json.dumps
         try:
-            text = "".join([dumps(r, ensure_ascii=False) + "\n" for r in records])
+            text = "".join([dumps(r, ensure_ascii=False, default=_datetime) + "\n"
+                            for r in records])
         except (TypeError, ValueError) as err:
             bad = next((r for r in records if not _jsonable(r)), None)
             raise self._error(
@@ -95,7 +98,8 @@ class FilesSink(Sink):
         try:
             return text.encode("utf-8")
         except UnicodeEncodeError:  # lone surrogates: fall back to \u escapes, still valid JSON
-            return "".join([dumps(r) + "\n" for r in records]).encode("ascii")
+            return "".join([dumps(r, default=_datetime) + "\n" for r in records]
+                           ).encode("ascii")
 
     def describe(self) -> dict[str, Any]:
         return {"kind": self.kind, "directory": str(self.path)}
@@ -180,9 +184,19 @@ def log(*, records: int | None = 1_000_000, bytes: int | None = None) -> LogSink
     return LogSink(records, bytes)
 
 
+def _datetime(value: Any) -> Any:
+    """JSON for what json lacks: datetimes as ISO 8601, a Windowed as an object."""
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if type(value) is Windowed:
+        return {"start": value.start.isoformat(), "end": value.end.isoformat(),
+                "value": value.value}
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
 def _jsonable(value: Any) -> bool:
     try:
-        json.dumps(value)
+        json.dumps(value, default=_datetime)
     except (TypeError, ValueError):
         return False
     return True

@@ -56,6 +56,9 @@ MIN_CHUNK = 4096        # bytes read per call, at least ...
 BYTES_PER_RECORD = 256  # ... and this much per record asked for (until line lengths are known)
 MAX_CHUNK = 1 << 22
 MIN_SPLIT_BYTES = 4 << 20  # smaller ranges are not worth a task (and a commit) each
+TIMED_SPLIT_RECORDS = 100_000
+"""Records per split of a generate (or locally fed ingest) source with event time: splits
+must not depend on the partition count, since each split has its own watermark."""
 HASH_CHUNK = 1 << 20       # bytes hashed per read when a file's digest is computed
 SAME_FILES = ("every member must see the same files under the same path;"
               " resubmit once they do")
@@ -75,6 +78,9 @@ class Source(Endpoint):
     bounded = True
     split_fields: frozenset[str] = frozenset()
     """Fields every split of this source has (checked on splits from the network)."""
+    timed = False
+    """Set by the plan when the source's records get event time: its splits then do not
+    depend on ``parallelism`` (files and jsonl: one per file)."""
 
     def limit(self, count: int) -> Source:
         """A bounded version with at most ``count`` records (tests of unbounded flows)."""
@@ -140,7 +146,7 @@ class _LineSource(Source):
         for path, size in sized:
             if size:
                 size, digest = self._identify(path)
-                width = math.ceil(size / math.ceil(size / target))
+                width = size if self.timed else math.ceil(size / math.ceil(size / target))
                 out += [{"path": path, "start": s, "end": min(s + width, size),
                          "size": size, "digest": digest} for s in range(0, size, width)]
         return out
@@ -331,6 +337,11 @@ class GenerateSource(Source):
             ``[{"start": i, "stop": None, "step": parallelism}, ...]``.
         """
         _check_parallelism(parallelism)
+        if self.timed:
+            if self.count is None:
+                return [{"start": 0, "stop": None, "step": 1}]
+            return [{"start": a, "stop": min(a + TIMED_SPLIT_RECORDS, self.count), "step": 1}
+                    for a in range(0, self.count, TIMED_SPLIT_RECORDS)]
         if self.count is None:
             return [{"start": i, "stop": None, "step": parallelism} for i in range(parallelism)]
         cuts = [self.count * i // parallelism for i in range(parallelism + 1)]
@@ -398,6 +409,9 @@ class IngestSource(Source):
         if self.records is None:
             return [{"ingest": self.name}]
         n = len(self.records)
+        if self.timed:
+            return [{"ingest": self.name, "start": a, "stop": min(a + TIMED_SPLIT_RECORDS, n)}
+                    for a in range(0, n, TIMED_SPLIT_RECORDS)]
         cuts = [n * i // parallelism for i in range(parallelism + 1)]
         return [{"ingest": self.name, "start": a, "stop": b} for a, b in pairwise(cuts) if a < b]
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from nodes.eventtime import MAX_TIME, EventTime
 from nodes.stateful import Head
 
 if TYPE_CHECKING:
@@ -40,15 +41,21 @@ class Outbox:
         lists: output -> records (sinks, and stages that take plain records).
         partials: stage id -> accumulator of partials (stages with ``partials``).
         touched: keys of the task's state written since the last drain.
+        late: window or join step name -> its late records since the last drain (read
+            before draining: the runtime counts them; ``.late`` streams get them too).
+        split_time: the time state of the split being fed (source stages with event
+            time; see ``Stage.feed``).
     """
 
-    __slots__ = ("_heads", "_order", "lists", "partials", "touched")
+    __slots__ = ("_heads", "_order", "late", "lists", "partials", "split_time", "touched")
 
     def __init__(self, outputs: tuple[Output, ...], heads: dict[int, Head]):
         self._order, self._heads = outputs, heads
         self.lists: dict[Output, list] = {o: [] for o in outputs if o not in heads}
         self.partials: dict[int, dict] = {o: h.new_partials() for o, h in heads.items()}
         self.touched: set = set()
+        self.late: dict[str, list] = {}
+        self.split_time: int | None = None
 
     def size(self) -> int:
         """Records held: listed records plus one per key of each accumulator."""
@@ -70,6 +77,7 @@ class Outbox:
                 out[o] = list(self.partials[o].items())
                 self.partials[o] = self._heads[o].new_partials()
         self.touched = set()
+        self.late = {}
         return out
 
 
@@ -88,6 +96,10 @@ class Stage:
         partials: input records are (key, partial) to merge (count, sum, reduce).
         steps: the fused stateless steps, in execution order.
         outputs: sink names (str) and downstream stage ids (int).
+        event_time: the source's event time declaration (source stages with
+            ``event_time``), else None.
+        timed: the head is a window or join: the task feeds it watermarks
+            (``advance``), and its inputs carry them.
     """
 
     def __init__(self, id: int, name: str, kind: str, source: str | None,
@@ -97,6 +109,9 @@ class Stage:
         self.head = head_step.name if head_step else None
         self.head_kind = head_step.kind if head_step else None
         self.partials = bool(head and head.partials)
+        self.timed = bool(getattr(head, "timed", False))
+        self.event_time: EventTime | None = None
+        self._late_slot = 0  # the slot of the head's .late stream (0: none)
         self.inputs: tuple[int, ...] = ()
         self.steps: tuple[str, ...] = ()
         self.outputs: tuple[Output, ...] = ()
@@ -112,24 +127,61 @@ class Stage:
         """A fresh outbox for one partition task of this stage."""
         return Outbox(self.outputs, self._partial_heads)
 
-    def feed(self, batch: list, state: dict | None, outbox: Outbox) -> None:
+    def feed(self, batch: list, state: dict | None, outbox: Outbox,
+             split_time: int | None = None) -> int | None:
         """Run one batch through the stage, adding its results to ``outbox``.
 
         Args:
             batch: a list of records (see the module docstring).
             state: the partition's keyed state (keyed stages), mutated in place.
             outbox: from ``outbox()``; accumulates until drained.
+            split_time: source stages with event time: the time state of the split
+                the batch was read from (None before its first batch).
+
+        Returns:
+            The split's new time state (source stages with event time; else None): a
+            small msgpack-able value to store with the split's offset.
 
         Raises:
             FlowError: a user function failed or returned a bad value.
         """
         slots = [None] * self._slots
-        if self._head is not None:
-            slots[0] = self._head.apply(batch, state, outbox.touched)
-        else:
+        if self._head is None:
             slots[0] = batch
+        elif self.timed:
+            slots[0], late = self._head.apply(batch, state, outbox.touched)
+            if late:
+                outbox.late.setdefault(self.head, []).extend(late)
+            if self._late_slot:
+                slots[self._late_slot] = late
+        else:
+            slots[0] = self._head.apply(batch, state, outbox.touched)
+        outbox.split_time = split_time
         for op in self._program:
             op(slots, outbox)
+        return outbox.split_time
+
+    def advance(self, watermark: int, state: dict, outbox: Outbox) -> None:
+        """Timed stages: the task's watermark is now ``watermark`` (ms; ``MAX_TIME`` at
+        end of stream): fire the windows it closes, into ``outbox``. Idempotent; a
+        watermark at or below the last one does nothing."""
+        if not self.timed:
+            return
+        slots = [None] * self._slots
+        slots[0] = self._head.advance(watermark, state, outbox.touched)
+        if self._late_slot:
+            slots[self._late_slot] = []
+        if slots[0]:
+            for op in self._program:
+                op(slots, outbox)
+
+    def split_watermark(self, split_time: int | None, done: bool) -> int:
+        """The watermark of a split of this source stage: its largest ts less max_delay
+        (``MIN_TIME`` before its first record, ``MAX_TIME`` once done, and always
+        ``MAX_TIME`` for a source without event time)."""
+        if self.event_time is None:
+            return MAX_TIME
+        return self.event_time.split_watermark(split_time, done)
 
     def process(self, batch: list, state: dict | None = None) -> dict[Output, list]:
         """``feed`` one batch into a fresh outbox and drain it.
@@ -146,7 +198,8 @@ class Stage:
         return {"id": self.id, "name": self.name, "kind": self.kind, "source": self.source,
                 "inputs": list(self.inputs), "head": self.head, "head_kind": self.head_kind,
                 "partials": self.partials, "steps": list(self.steps),
-                "outputs": list(self.outputs)}
+                "outputs": list(self.outputs), "timed": self.timed,
+                "event_time": self.event_time.describe() if self.event_time else None}
 
 
 def _gather(slots: list, ins: list[int]) -> list:
@@ -191,6 +244,27 @@ def op_emit(output: Output, ins: list[int]) -> Callable:
         records = outbox.lists[output]
         for i in ins:
             records += slots[i]
+    return op
+
+
+def op_event_time(run: Callable, ins: list[int], out: int) -> Callable:
+    def op(slots: list, outbox: Outbox) -> None:
+        slots[out], outbox.split_time = run(_gather(slots, ins), outbox.split_time)
+    return op
+
+
+def op_strip(rows: int, out: int, keyed: bool) -> Callable:
+    from nodes.timed import strip
+
+    def op(slots: list, outbox: Outbox) -> None:
+        slots[out] = strip(slots[rows], keyed)
+    return op
+
+
+def op_emit_sided(output: Output, rows: int, side: str) -> Callable:
+    """Keyed rows to a join stage, their values tagged with the side they join on."""
+    def op(slots: list, outbox: Outbox) -> None:
+        outbox.lists[output] += [(r[0], r[1], r[2], (side, r[3])) for r in slots[rows]]
     return op
 
 

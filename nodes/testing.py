@@ -20,6 +20,17 @@ Records are passed by reference, except that files sinks store what they
 write (JSON) and publish sinks store a copy made at commit, as the cluster
 would send it.
 
+Event time: watermarks move as on the cluster. A split's watermark is its
+largest ts so far less max_delay (minus infinity before it is read, plus
+infinity once done), a source task's the minimum over its splits, and a
+window or join stage's the minimum over the source tasks (with splits) that
+feed it; at every commit, after the records sent to it, each task of such a
+stage advances to that watermark, which fires the windows it closes. The end
+of every source is plus infinity: everything fires. Which records are late
+does not depend on any of this (see ``nodes.eventtime``); ``Result.late()``
+has them, per window or join step, whether or not the flow uses ``.late``.
+A table fed by a windowed step keeps one row per (key, window start).
+
 Example:
     >>> from nodes import Flow, sources, sinks
     >>> flow = Flow("squares")
@@ -38,12 +49,16 @@ import pickle
 from pathlib import Path
 from typing import Any
 
+import msgpack
+
 from nodes.errors import FlowError, typed
+from nodes.eventtime import MAX_TIME, MIN_TIME
 from nodes.flow import Flow
 from nodes.loader import load_flow
 from nodes.plan import Outbox, Plan, Stage, plan, route
 from nodes.sinks import FilesSink, LogSink, PublishSink, TableSink
-from nodes.sources import IngestSource
+from nodes.sources import IngestSource, Source
+from nodes.windows import Windowed
 
 
 class Result:
@@ -53,11 +68,14 @@ class Result:
         tables: table sink name -> {key: latest value}.
         file_records: files sink name -> {partition: records written}.
         published_records: publish sink name -> records, in delivery order.
+        late_records: window or join step name -> its late records, in the order
+            its tasks found them (per key: arrival order).
         plan: the Plan that ran.
     """
 
     def __init__(self, plan: Plan, partitions: int):
         self.plan = plan
+        self.late_records: dict[str, list] = {s.head: [] for s in plan.stages if s.timed}
         self.tables: dict[str, dict] = {}
         self.file_records: dict[str, dict[int, list]] = {}
         self.published_records: dict[str, list] = {}
@@ -72,6 +90,17 @@ class Result:
     def table(self, sink_name: str | None = None) -> dict:
         """The latest value per key of a table sink (the only one if no name is given)."""
         return self._pick(self.tables, "table", sink_name)
+
+    def rows(self, sink_name: str | None = None) -> list[tuple[Any, Windowed]]:
+        """A windowed table's rows, ``(key, Windowed(start, end, value))`` sorted by key,
+        then start."""
+        table = self.table(sink_name)
+        return sorted(((k[0], v) for k, v in table.items()), key=lambda kv: (kv[0], kv[1][0]))
+
+    def late(self, step_name: str | None = None) -> list:
+        """The late records of a window or join step (the only one if no name is given):
+        ``(key, value)``; joins: ``(key, (side, value))``."""
+        return self._pick(self.late_records, "late", step_name)
 
     @property
     def files(self) -> dict[int, list]:
@@ -89,16 +118,19 @@ class Result:
         if name in sinks:
             return sinks[name]
         have = ", ".join(repr(n) for n in sinks) or "none"
-        attr = {"table": "tables", "files": "file_records", "publish": "published_records"}
+        attr = {"table": "tables", "files": "file_records", "publish": "published_records",
+                "late": "late_records"}
         raise LookupError(
-            f"flow '{self.plan.flow_name}' has {kind} sinks: {have}; "
+            f"flow '{self.plan.flow_name}' has {kind} {'steps' if kind == 'late' else 'sinks'}:"
+            f" {have}; "
             + (f"no {kind} sink named {name!r}" if name is not None
                else f"name one: result.{attr[kind]}[NAME]" + ("" if kind != "table"
                                                               else " or result.table(NAME)")))
 
 
 def run(flow: Flow, partitions: int = 8, batch_size: int = 1000, *, commit_every: int = 10,
-        limit: int | None = None, ingest: dict[str, list] | None = None) -> Result:
+        limit: int | None = None, ingest: dict[str, list] | None = None,
+        msgpack_state: bool = False) -> Result:
     """Execute a flow's plan in this process.
 
     Args:
@@ -109,6 +141,9 @@ def run(flow: Flow, partitions: int = 8, batch_size: int = 1000, *, commit_every
         limit: read at most this many records from each unbounded source
             (required if the flow has one, unless ``ingest`` feeds it).
         ingest: ingest name -> the records producers would send (``sources.ingest``).
+        msgpack_state: at every commit, pack and unpack every keyed state and split
+            time state the way the daemon stores them (lists come back as tuples):
+            checks that a flow's state is msgpack-able and survives a restore.
 
     Returns:
         A Result with what every sink received.
@@ -123,7 +158,8 @@ def run(flow: Flow, partitions: int = 8, batch_size: int = 1000, *, commit_every
         if type(value) is not int or value < 1:
             raise ValueError(f"run() needs {label} as an int >= 1; got {typed(value)}")
     the_plan = plan(flow)
-    runner = _Runner(the_plan, partitions, batch_size, commit_every, limit, ingest or {})
+    runner = _Runner(the_plan, partitions, batch_size, commit_every, limit, ingest or {},
+                     msgpack_state)
     runner.run()
     return runner.result
 
@@ -142,6 +178,12 @@ def run_file(path: str | os.PathLike, **kwargs: Any) -> Result:
     return run(load_flow(text, os.fspath(path)), **kwargs)
 
 
+def _restored(value: Any) -> Any:
+    """``value`` packed and unpacked as the daemon stores state."""
+    return msgpack.unpackb(msgpack.packb(value, use_bin_type=True), raw=False, use_list=False,
+                           strict_map_key=False)
+
+
 def _snapshot(records: list) -> list:
     """A deep copy, as the cluster sends records serialised at commit (as is if impossible)."""
     try:
@@ -152,9 +194,10 @@ def _snapshot(records: list) -> list:
 
 class _Runner:
     def __init__(self, the_plan: Plan, partitions: int, batch_size: int, commit_every: int,
-                 limit: int | None, ingest: dict[str, list]):
+                 limit: int | None, ingest: dict[str, list], msgpack_state: bool):
         self.plan, self.P, self.ingest = the_plan, partitions, ingest
         self.batch_size, self.commit_every, self.limit = batch_size, commit_every, limit
+        self.msgpack_state = msgpack_state
         self.result = Result(the_plan, partitions)
         stages = the_plan.stages
         self.states = [[{} for _ in range(partitions)] if s.head else None for s in stages]
@@ -162,8 +205,20 @@ class _Runner:
                                              for s in stages]
         self.dirty: list[set[int]] = [set() for _ in stages]
         self.file_data: dict[tuple[str, int], list[bytes]] = {}
+        self.splits: dict[int, tuple[Source, list]] = {}
+        """Per source stage: the source (bounded) and its splits."""
+        self.split_times: dict[int, list[list]] = {}
+        """Per source stage, per split: [time state, done]."""
+        self.watermarks = [MIN_TIME] * len(stages)
+        """Per timed stage, the watermark its tasks last advanced to."""
 
     def run(self) -> None:
+        for stage in self.plan.stages:
+            if stage.source is not None:
+                source = self.bounded(stage)
+                splits = source.splits(self.P)
+                self.splits[stage.id] = (source, splits)
+                self.split_times[stage.id] = [[None, False] for _ in splits]
         for stage in self.plan.stages:
             if stage.source is not None:
                 self.read(stage)
@@ -172,7 +227,7 @@ class _Runner:
             if isinstance(sink, FilesSink):
                 self.write_files(name, sink)
 
-    def read(self, stage: Stage) -> None:
+    def bounded(self, stage: Stage) -> Source:
         source = self.plan.sources[stage.source]
         if isinstance(source, IngestSource) and source.name in self.ingest:
             source = source.fed(self.ingest[source.name])
@@ -182,30 +237,58 @@ class _Runner:
                     f"sources.{source.kind}() is unbounded: pass run(..., limit=N) to read"
                     " its first N records")
             source = source.limit(self.limit)
+        return source
+
+    def read(self, stage: Stage) -> None:
+        source, splits = self.splits[stage.id]
+        times = self.split_times[stage.id]
         outboxes, dirty, P = self.outboxes[stage.id], self.dirty[stage.id], self.P
-        for i, split in enumerate(source.splits(P)):
+        for i, split in enumerate(splits):
             part = i % P
             offset, done, batches = None, False, 0
             while not done:
                 records, offset, done = source.read(split, offset, self.batch_size)
                 if records:
-                    stage.feed(records, None, outboxes[part])
+                    times[i][0] = stage.feed(records, None, outboxes[part], times[i][0])
                     dirty.add(part)
                 batches += 1
                 if batches % self.commit_every == 0 and not done:
                     self.commit()
+            times[i][1] = True
             self.commit()
+
+    def watermark(self, stage: Stage) -> int:
+        """A timed stage's watermark: the minimum over the source tasks that feed it
+        (those with splits), each the minimum over its splits."""
+        senders: dict[tuple[int, int], int] = {}
+        for up in stage.inputs:
+            source_stage = self.plan.stages[up]
+            for i, (split_time, done) in enumerate(self.split_times[up]):
+                mark = source_stage.split_watermark(split_time, done)
+                task = (up, i % self.P)
+                senders[task] = min(senders.get(task, MAX_TIME), mark)
+        return min(senders.values(), default=MAX_TIME)
 
     def commit(self) -> None:
         stages, P = self.plan.stages, self.P
         for stage in stages:
             dirty = self.dirty[stage.id]
+            if stage.timed:
+                watermark = self.watermark(stage)
+                if watermark > self.watermarks[stage.id]:
+                    self.watermarks[stage.id] = watermark
+                    for part, state in enumerate(self.states[stage.id]):
+                        stage.advance(watermark, state, self.outboxes[stage.id][part])
+                        dirty.add(part)
             if not dirty:
                 continue
             parts = sorted(dirty)
             dirty.clear()
             for part in parts:
-                for target, records in self.outboxes[stage.id][part].drain().items():
+                outbox = self.outboxes[stage.id][part]
+                for name, late in outbox.late.items():
+                    self.result.late_records[name] += late
+                for target, records in outbox.drain().items():
                     if isinstance(target, str):
                         self.deliver(target, part, records)
                         continue
@@ -215,11 +298,29 @@ class _Runner:
                         if routed:
                             down.feed(routed, states[p] if states else None, outboxes[p])
                             self.dirty[target].add(p)
+        if self.msgpack_state:
+            self.restore_all()
+
+    def restore_all(self) -> None:
+        """Every state and split time as the daemon would read them back from its store."""
+        for states in self.states:
+            for state in states or ():
+                items = [(_restored(k), _restored(v)) for k, v in state.items()]
+                state.clear()
+                state.update(items)
+        for times in self.split_times.values():
+            for entry in times:
+                entry[0] = _restored(entry[0])
 
     def deliver(self, name: str, partition: int, records: list) -> None:
         sink = self.plan.sinks[name]
         if isinstance(sink, TableSink):
-            self.result.tables[name].update(records)
+            table = self.result.tables[name]
+            if records and type(records[0][1]) is Windowed:
+                for key, value in records:
+                    table[(key, value.start) if type(value) is Windowed else key] = value
+            else:
+                table.update(records)
         elif isinstance(sink, FilesSink):
             data = sink.encode(records)
             self.file_data.setdefault((name, partition), []).append(data)

@@ -1,0 +1,363 @@
+"""Windowed aggregations: the heads of window stages and their per-key state.
+
+A timed head (windows here, joins in ``nodes.joins``) takes keyed rows
+``(key, ts, bound, value)`` (see ``nodes.timed``) and keeps, in the
+partition's state dict, msgpack-able values only (ints, lists, dicts with int
+keys; lists may come back as tuples after a restore and are copied before
+they change):
+
+- ``state[None]``: ``[watermark, due]``, the watermark the head last advanced to
+  and the earliest time at which advancing has work to do;
+- ``state[key]``: tumbling and sliding: ``{window start: accumulator}``;
+  sessions: a list of ``[start, last ts, accumulator]``, by start.
+
+``apply(rows, state, touched) -> (output, late)`` adds records: a record joins
+every window whose end is past its bound (sessions: a record not behind its
+bound); the others are late, returned as ``(key, value)``. A window that has
+already fired (allowed lateness) re-emits its updated value at once.
+``advance(watermark, state, touched) -> output`` fires the windows that end at
+or before the watermark (tumbling, sliding) and drops them once the watermark
+passes end + allowed lateness; a session fires and is dropped once the
+watermark reaches its end + allowed lateness.
+
+Accumulators: count and sum keep a number, reduce the reduction (``fn`` must
+be associative and commutative: records of different splits may come in any
+order); fold and collect keep ``(ts, value)`` pairs and fold them in event-time
+order (ties in arrival order) when the window is emitted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from operator import itemgetter
+from typing import Any
+
+from nodes.errors import StepRef, callback_error, describe_fn, typed
+from nodes.eventtime import MAX_TIME, MIN_TIME, to_datetime
+from nodes.stateful import NUMBERS, Head
+from nodes.windows import Session, Tumbling, Windowed, Windower
+
+CLOCK = None
+"""The state key of a timed head's own ``[watermark, due]`` (user keys are str/bytes)."""
+_first = itemgetter(0)
+Records = list
+
+
+def clock(state: dict) -> tuple[int, int]:
+    """(watermark, due) of a timed head's partition state."""
+    value = state.get(CLOCK)
+    return (MIN_TIME, MAX_TIME) if value is None else (value[0], value[1])
+
+
+def set_clock(state: dict, touched: set, watermark: int, due: int) -> None:
+    state[CLOCK] = [watermark, due]
+    touched.add(CLOCK)
+
+
+class TimedHead(Head):
+    """Base of window and join heads: rows in, watermark-driven output."""
+
+    partials = False
+    timed = True
+
+    def apply(self, batch: Records, state: dict, touched: set) -> tuple[Records, Records]:
+        raise NotImplementedError
+
+    def advance(self, watermark: int, state: dict, touched: set) -> Records:
+        raise NotImplementedError
+
+
+# -- accumulators ----------------------------------------------------------------------------
+
+class Agg:
+    """How a window accumulates its records and what it emits."""
+
+    def __init__(self, ref: StepRef, fn: Callable | None = None, init: Any = None):
+        self.ref, self.fn, self.init = ref, fn, init
+
+    def first(self, ts: int, value: Any) -> Any:
+        return [(ts, value)]
+
+    def add(self, acc: Any, ts: int, value: Any) -> Any:
+        acc = acc if type(acc) is list else list(acc)
+        acc.append((ts, value))
+        return acc
+
+    def merge(self, earlier: Any, later: Any) -> Any:
+        return list(earlier) + list(later)
+
+    def value(self, acc: Any) -> Any:
+        return acc
+
+    def outputs(self, key: Any, start: int, end: int, acc: Any) -> Records:
+        """The records a window emits when it fires."""
+        return [(key, Windowed(to_datetime(start), to_datetime(end), self.value(acc)))]
+
+    def update(self, key: Any, start: int, end: int, acc: Any, ts: int, value: Any) -> Records:
+        """The records a fired window emits when it accepts a late record."""
+        return self.outputs(key, start, end, acc)
+
+
+class CountAgg(Agg):
+    def first(self, ts: int, value: Any) -> Any:
+        return 1
+
+    def add(self, acc: Any, ts: int, value: Any) -> Any:
+        return acc + 1
+
+    def merge(self, earlier: Any, later: Any) -> Any:
+        return earlier + later
+
+
+class SumAgg(CountAgg):
+    def first(self, ts: int, value: Any) -> Any:
+        if type(value) not in NUMBERS:
+            raise self.ref.error(
+                f"sum() needs int or float values; got {typed(value)}. Turn the values into"
+                " numbers first, e.g. .map_values(lambda r: r['amount'])")
+        return value
+
+    def add(self, acc: Any, ts: int, value: Any) -> Any:
+        return acc + self.first(ts, value)
+
+
+class ReduceAgg(Agg):
+    def first(self, ts: int, value: Any) -> Any:
+        return value
+
+    def add(self, acc: Any, ts: int, value: Any) -> Any:
+        try:
+            return self.fn(acc, value)
+        except Exception as err:
+            raise callback_error(self.ref, self.fn, (acc, value), err,
+                                 what="accumulator and value") from err
+
+    def merge(self, earlier: Any, later: Any) -> Any:
+        return self.add(earlier, 0, later)
+
+
+class CollectAgg(Agg):
+    def value(self, acc: Any) -> Any:
+        return [v for _, v in sorted(acc, key=_first)]
+
+
+class FoldAgg(Agg):
+    def value(self, acc: Any) -> Any:
+        fn, init = self.fn, self.init
+        if callable(init):
+            try:
+                total = init()
+            except Exception as err:
+                raise self.ref.error(
+                    f"its init {describe_fn(init)} raised {type(err).__name__}: {err}; init"
+                    " must be a zero-argument callable making a fresh accumulator (e.g."
+                    " list) or an immutable value (e.g. 0)") from err
+        else:
+            total = init
+        value = None
+        try:
+            for _, value in sorted(acc, key=_first):
+                total = fn(total, value)
+        except Exception as err:
+            raise callback_error(self.ref, fn, value, err, what="value") from err
+        return total
+
+
+AGGS = {"count": CountAgg, "sum": SumAgg, "reduce": ReduceAgg, "fold": FoldAgg,
+        "collect": CollectAgg}
+
+
+# -- tumbling and sliding --------------------------------------------------------------------
+
+class WindowHead(TimedHead):
+    """Tumbling or sliding windows per key: ``state[key] = {start: accumulator}``."""
+
+    def __init__(self, ref: StepRef, windower: Windower, agg: Agg, allowed_lateness: int):
+        super().__init__(ref)
+        self.windower, self.agg, self.lateness = windower, agg, allowed_lateness
+        self.size = windower.size
+
+    def apply(self, batch: Records, state: dict, touched: set) -> tuple[Records, Records]:
+        if isinstance(self.windower, Tumbling):
+            return self._apply_tumbling(batch, state, touched)
+        watermark, due = clock(state)
+        was = due
+        size, lateness, agg, starts = self.size, self.lateness, self.agg, self.windower.starts
+        out: Records = []
+        late: Records = []
+        for key, ts, bound, value in batch:
+            windows = None
+            for start in starts(ts):
+                end = start + size
+                if end <= bound:
+                    continue
+                if windows is None:
+                    windows = state.get(key)
+                    if windows is None:
+                        windows = state[key] = {}
+                acc = windows.get(start)
+                windows[start] = acc = (agg.first(ts, value) if acc is None
+                                        else agg.add(acc, ts, value))
+                if end <= watermark:  # fired already, kept for allowed lateness
+                    out += agg.update(key, start, end, acc, ts, value)
+                    due = min(due, end + lateness)
+                elif end < due:
+                    due = end
+            if windows is None:
+                late.append((key, value))
+            else:
+                touched.add(key)
+        if due != was:
+            set_clock(state, touched, watermark, due)
+        return out, late
+
+    def _apply_tumbling(self, batch: Records, state: dict,
+                        touched: set) -> tuple[Records, Records]:
+        """``apply`` for one window per record (the hot path of windowed counts)."""
+        watermark, due = clock(state)
+        was = due
+        size, offset, lateness, agg = self.size, self.windower.offset, self.lateness, self.agg
+        counting = type(agg) is CountAgg
+        first, add = agg.first, agg.add
+        get, touch = state.get, touched.add
+        out: Records = []
+        late: Records = []
+        for key, ts, bound, value in batch:
+            start = ts - (ts - offset) % size
+            end = start + size
+            if end <= bound:
+                late.append((key, value))
+                continue
+            windows = get(key)
+            if windows is None:
+                windows = state[key] = {}
+            if counting:
+                windows[start] = acc = windows.get(start, 0) + 1
+            else:
+                acc = windows.get(start)
+                windows[start] = acc = first(ts, value) if acc is None else add(acc, ts, value)
+            touch(key)
+            if end <= watermark:  # fired already, kept for allowed lateness
+                out += agg.update(key, start, end, acc, ts, value)
+                due = min(due, end + lateness)
+            elif end < due:
+                due = end
+        if due != was:
+            set_clock(state, touched, watermark, due)
+        return out, late
+
+    def advance(self, watermark: int, state: dict, touched: set) -> Records:
+        before, due = clock(state)
+        if watermark <= before:
+            return []
+        out: Records = []
+        if watermark >= due:
+            size, lateness, agg = self.size, self.lateness, self.agg
+            due = MAX_TIME
+            for key, windows in list(state.items()):
+                if key is CLOCK:
+                    continue
+                changed = False
+                for start in sorted(windows):
+                    end = start + size
+                    if before < end <= watermark:
+                        out += agg.outputs(key, start, end, windows[start])
+                    if end + lateness <= watermark:
+                        del windows[start]
+                        changed = True
+                    else:
+                        due = min(due, end if end > watermark else end + lateness)
+                if changed:
+                    touched.add(key)
+                    if not windows:
+                        del state[key]
+        set_clock(state, touched, watermark, due)
+        return out
+
+
+# -- sessions --------------------------------------------------------------------------------
+
+class SessionHead(TimedHead):
+    """Sessions per key: ``state[key] = [[start, last ts, accumulator], ...]`` by start.
+
+    A session fires, and is dropped, once the watermark reaches its end (last ts +
+    gap) plus the allowed lateness; a record that is not late can never touch a
+    fired session, so a fired session is never reopened.
+    """
+
+    def __init__(self, ref: StepRef, windower: Session, agg: Agg, allowed_lateness: int):
+        super().__init__(ref)
+        self.gap, self.agg, self.lateness = windower.gap, agg, allowed_lateness
+
+    def apply(self, batch: Records, state: dict, touched: set) -> tuple[Records, Records]:
+        watermark, due = clock(state)
+        was = due
+        gap, agg, lateness = self.gap, self.agg, self.lateness
+        late: Records = []
+        for key, ts, bound, value in batch:
+            if ts < bound:
+                late.append((key, value))
+                continue
+            sessions = state.get(key)
+            if sessions is None:
+                sessions = state[key] = []
+            elif type(sessions) is not list:
+                sessions = state[key] = list(sessions)
+            near = [i for i, s in enumerate(sessions) if s[0] - gap < ts < s[1] + gap]
+            if not near:
+                at = sum(1 for s in sessions if s[0] < ts)
+                sessions.insert(at, [ts, ts, agg.first(ts, value)])
+                end = ts + gap
+            else:
+                first = sessions[near[0]]
+                start, last, acc = first[0], first[1], first[2]
+                for i in near[1:]:
+                    other = sessions[i]
+                    acc = agg.merge(acc, other[2])
+                    last = max(last, other[1])
+                acc = agg.add(acc, ts, value)
+                del sessions[near[0]: near[-1] + 1]
+                sessions.insert(near[0], [min(start, ts), max(last, ts), acc])
+                end = max(last, ts) + gap
+            due = min(due, end + lateness)
+            touched.add(key)
+        if due != was:
+            set_clock(state, touched, watermark, due)
+        return [], late
+
+    def advance(self, watermark: int, state: dict, touched: set) -> Records:
+        before, due = clock(state)
+        if watermark <= before:
+            return []
+        out: Records = []
+        if watermark >= due:
+            gap, agg, lateness = self.gap, self.agg, self.lateness
+            due = MAX_TIME
+            for key, sessions in list(state.items()):
+                if key is CLOCK:
+                    continue
+                keep = []
+                for session in sessions:
+                    start, last, acc = session[0], session[1], session[2]
+                    if last + gap + lateness <= watermark:
+                        out += agg.outputs(key, start, last + gap, acc)
+                    else:
+                        keep.append(session)
+                        due = min(due, last + gap + lateness)
+                if len(keep) != len(sessions):
+                    touched.add(key)
+                    if keep:
+                        state[key] = keep
+                    else:
+                        del state[key]
+        set_clock(state, touched, watermark, due)
+        return out
+
+
+def make_window_head(step: Any) -> TimedHead:
+    """The head of a ``window`` step (its arg: WindowSpec)."""
+    spec = step.arg
+    agg = AGGS[spec.agg](step.ref, step.fn, spec.init)
+    if isinstance(spec.windower, Session):
+        return SessionHead(step.ref, spec.windower, agg, spec.allowed_lateness)
+    return WindowHead(step.ref, spec.windower, agg, spec.allowed_lateness)
