@@ -22,7 +22,10 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import click
-import msgpack
+
+from nodes.codec import json_default, unpack
+from nodes.eventtime import MAX_TIME, MIN_TIME, to_datetime, to_ms
+from nodes.windows import Windowed
 
 from . import client
 from .config import PRESETS, Config
@@ -175,6 +178,32 @@ def ring(ask: Callable[..., Any], as_json: bool) -> None:
         click.echo(f"incomplete: {result['incomplete']}")
 
 
+def _print_windows(rows: list[list[Any]], as_json: bool) -> None:
+    """A windowed table, one row per key and window, sorted by key, then start: JSON
+    objects {key, start, end, value} (times in epoch ms), or a table (ISO times)."""
+    windows = sorted(([key[0] if isinstance(key, list) else key, w] for key, w in rows),
+                     key=lambda row: (repr(row[0]), row[1].start))
+    if as_json:
+        click.echo(json.dumps([{"key": key, "start": to_ms(w.start), "end": to_ms(w.end),
+                                "value": w.value} for key, w in windows], indent=2,
+                              default=json_default))
+    else:
+        _print_table([[key, w.start.isoformat(), w.end.isoformat(), w.value]
+                      for key, w in windows], ["KEY", "START", "END", "VALUE"])
+
+
+def _event_time(watermark: int | None) -> str:
+    """A watermark (ms) for people: an ISO time, "start" before any record, "end" after
+    the last, "" for a stage without event time."""
+    if watermark is None:
+        return ""
+    if watermark <= MIN_TIME:
+        return "start"
+    if watermark >= MAX_TIME:
+        return "end"
+    return to_datetime(watermark).isoformat(timespec="milliseconds")
+
+
 @main.command()
 @click.argument("flow", required=False)
 @client_command
@@ -188,10 +217,13 @@ def status(ask: Callable[..., Any], as_json: bool, flow: str | None) -> None:
         for key in ("name", "version", "status", "error", "path"):
             click.echo(f"{key}: {record[key]}")
         click.echo(f"tasks done: {record['tasks_done']} of {record['tasks']}")
+        stages = sorted(record["stages"].items(), key=lambda kv: int(kv[0].split()[0]))
+        timed = any("watermark" in f for _, f in stages)
         _print_table([[stage, f["records_in"], f["records_out"], f"{f['done']}/{f['tasks']}",
-                       f["unacked"]] for stage, f in sorted(record["stages"].items(),
-                                                             key=lambda kv: int(kv[0].split()[0]))],
-                     ["STAGE", "RECORDS IN", "RECORDS OUT", "PARTITIONS DONE", "UNACKED"])
+                       f["unacked"]] + ([_event_time(f.get("watermark")), f.get("late", "")]
+                                        if timed else []) for stage, f in stages],
+                     ["STAGE", "RECORDS IN", "RECORDS OUT", "PARTITIONS DONE", "UNACKED"]
+                     + (["WATERMARK", "LATE"] if timed else []))
         parts = record["partitions"]
         moving = sorted(int(p) for p, members in parts.items()
                         if any(s["state"] != "active" for s in members.values()))
@@ -282,16 +314,20 @@ def query(ask: Callable[..., Any], as_json: bool, name: str, key: str | None,
           sink: str | None) -> None:
     """Flow NAME's table (the latest value per key), or the value of KEY, from any daemon."""
     rows = ask("query", {"name": name, "key": key, "sink": sink})
+    if key is not None and not rows:
+        click.echo(f"gossipflow: key {key!r} is not in {name}'s table", err=True)
+        sys.exit(EXIT_FLOW_INVALID)
+    if any(type(value) is Windowed for _, value in rows):
+        _print_windows(rows, as_json)
+        return
     if key is not None:
-        if not rows:
-            click.echo(f"gossipflow: key {key!r} is not in {name}'s table", err=True)
-            sys.exit(EXIT_FLOW_INVALID)
         value = rows[0][1]
-        click.echo(json.dumps(value) if as_json else value)
+        click.echo(json.dumps(value, default=json_default) if as_json else value)
         return
     rows.sort(key=lambda row: repr(row[0]))
     if as_json:
-        click.echo(json.dumps({str(k): v for k, v in rows}, indent=2, sort_keys=True))
+        click.echo(json.dumps({str(k): v for k, v in rows}, indent=2, sort_keys=True,
+                              default=json_default))
     else:
         _print_table([[k, v] for k, v in rows], ["KEY", "VALUE"])
 
@@ -337,14 +373,14 @@ def tail(ask: Callable[..., Any], as_json: bool, name: str, from_: str | None, f
                                                   key=lambda item: int(item[0])):
                 partition = int(key)
                 at = offsets.get(partition, 0)
-                records = msgpack.unpackb(packed, raw=False, strict_map_key=False)[
+                records = unpack(packed, use_list=True)[
                     max(at - first, 0):]
                 for i, record in enumerate(records, max(first, at)):
                     if count is not None and shown >= count:
                         break
                     click.echo(json.dumps({"partition": partition, "offset": i,
-                                           "record": record}) if as_json
-                               else json.dumps(record))
+                                           "record": record}, default=json_default) if as_json
+                               else json.dumps(record, default=json_default))
                     offsets[partition] = i + 1
                     shown += 1
                     got += 1
@@ -387,8 +423,9 @@ def _tail_published(ask: Callable[..., Any], as_json: bool, name: str, from_star
                 for sink_name, record in result["records"]:
                     if count is not None and shown >= count:
                         break
-                    click.echo(json.dumps(record) if not as_json else
-                               json.dumps({"sink": sink_name, "record": record}))
+                    click.echo(json.dumps(record, default=json_default) if not as_json else
+                               json.dumps({"sink": sink_name, "record": record},
+                                          default=json_default))
                     shown += 1
             first = False
             time.sleep(interval)

@@ -11,8 +11,9 @@ from __future__ import annotations
 import os
 from typing import Any
 
-import msgpack
 import zmq
+
+from nodes.codec import unpack
 
 from .errors import NodeUnreachableError, RequestRefusedError, WireError
 from .transport.base import parse_address
@@ -53,6 +54,5 @@ def request(node: str, op: str, args: dict[str, Any] | None = None, timeout: flo
     if kind == MessageType.ERROR:
         raise RequestRefusedError(f"{node}: {body['error']}")
     if "packed" in body:  # a list sent as msgpack arrays, unpacked only here
-        return [item for array in body["packed"]
-                for item in msgpack.unpackb(array, raw=False, strict_map_key=False)]
+        return [item for array in body["packed"] for item in unpack(array, use_list=True)]
     return body.get("result")

@@ -18,7 +18,7 @@ from __future__ import annotations
 import time
 from typing import Any, Iterator
 
-import msgpack
+from nodes.codec import unpack
 
 from . import client
 from .errors import NodeUnreachableError
@@ -70,7 +70,7 @@ class Consumer:
                 self.offsets[partition] = bound
                 continue
             at = self.offsets.get(partition, 0)
-            records = msgpack.unpackb(packed, raw=False, strict_map_key=False)
+            records = unpack(packed, use_list=True)
             if records and first > at:
                 self.dropped += first - at
             if first < at:  # an answer older than what we read: skip what we have

@@ -381,9 +381,10 @@ class FlowService:
             stages: dict[str, dict[str, int]] = {}
             for per_stage in answers.values():
                 for stage, figures in per_stage.items():
-                    total = stages.setdefault(stage, dict.fromkeys(figures, 0))
+                    total = stages.setdefault(stage, {})
                     for name, value in figures.items():
-                        total[name] = total.get(name, 0) + value
+                        total[name] = min(total.get(name, value), value) \
+                            if name == "watermark" else total.get(name, 0) + value
             return stages
 
         self.gather(f"flow {record.name}", "local_progress", lambda member: {"flow": fid},

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from nodes import FlowError, load_flow
+from nodes.eventtime import MAX_TIME
 from nodes.plan import plan as make_plan
 
 from .errors import GossipflowError, StaleCommitError, StoreFullError
@@ -37,7 +38,7 @@ from .recovery import LostVotes, Recovery
 from .registry import FlowRecord
 from .replication import ReplicaServer
 from .store import Store, TaskId
-from .task import FlowContext, Inbound, PartitionTask, Pressure, decode_batch
+from .task import FlowContext, Inbound, PartitionTask, Pressure, decode_entry
 
 log = logging.getLogger("gossipflow.runtime")
 
@@ -420,12 +421,12 @@ class Runtime:
             reply(None)
             return
         try:
-            eos, records = decode_batch(payload)
+            eos, records, watermark = decode_entry(payload)
         except FlowError as err:
             log.warning("event=bad_batch member=%s flow=%s error=%r", self.me, fid, str(err))
             reply(None)
             return
-        task.receive(Inbound(origin, seq, eos, records, reply), time.monotonic())
+        task.receive(Inbound(origin, seq, eos, records, reply, watermark), time.monotonic())
         self._ready[task.id] = task
 
     def _step(self, task: PartitionTask) -> None:
@@ -609,6 +610,10 @@ class Runtime:
             s["records_out"] += task.records_out
             s["done"] += task.done
             s["tasks"] += 1
+            if task.stage.timed:  # windows and joins: how far event time got, what was late
+                s["late"] = s.get("late", 0) + sum(task.late.values())
+                s["watermark"] = min(s.get("watermark", MAX_TIME),
+                                     min(task.senders_at.values(), default=MAX_TIME))
         return stages
 
 

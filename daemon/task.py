@@ -38,10 +38,13 @@ from typing import Any, Callable, Sequence
 
 import msgpack
 
+from nodes.codec import pack, unpack
 from nodes.errors import FlowError
+from nodes.eventtime import MAX_TIME, MIN_TIME, to_ms
 from nodes.plan import Plan, Stage, route
 from nodes.sinks import FilesSink, LogSink, TableSink
 from nodes.sources import IngestSource
+from nodes.windows import Windowed
 
 from .files import write_atomically
 from .placement import spread
@@ -90,17 +93,12 @@ SEGMENT_SECONDS = 1.0
 """A segment closes at this size or age (or at end of stream): one file each."""
 RETRY_WRITE = 1.0
 """Seconds before writing a segment again after a full disk."""
+WATERMARK_EVERY = 1.0
+"""A source task with event time sends a downstream partition that got no records an
+entry holding only its watermark at most this often (so its windows fire)."""
 
 
-_packb = msgpack.Packer(use_bin_type=True).pack
-
-
-def pack(value: Any) -> bytes:
-    return _packb(value)
-
-
-def unpack(data: bytes) -> Any:
-    return msgpack.unpackb(data, raw=False, use_list=False, strict_map_key=False)
+_packb = pack
 
 
 def origin_id(stage: int, partition: int) -> str:
@@ -142,6 +140,8 @@ class Inbound:
     eos: bool
     records: list
     reply: Callable[[int], None]
+    watermark: int | None = None
+    """The sender's event-time watermark after this batch (batches to timed stages)."""
 
 
 @dataclass
@@ -340,11 +340,24 @@ class PartitionTask:
         self.ingesting = stage.source in ctx.ingests
         """An ingest source's task: producers' batches arrive in its inbox, forever."""
         self._forget_at = 0.0
+        self.splits: list[int] = []
+        """This source task's splits (indices into the source's splits)."""
         if stage.kind == "source" and not self.ingesting:
             owners = ctx.split_partitions[stage.source]
             self.idle = partition not in owners
-            self.unread = [i for i, p in enumerate(owners) if p == partition
-                           and not self.offsets.get(f"d{i}")]
+            self.splits = [i for i, p in enumerate(owners) if p == partition]
+            self.unread = [i for i in self.splits if not self.offsets.get(f"d{i}")]
+        self.timed_targets = frozenset(t for t in stage.outputs if isinstance(t, int)
+                                       and ctx.plan.stages[t].timed)
+        """Downstream stages whose entries carry our watermark (windows, joins)."""
+        self.watermark_sent: dict[str, tuple[int, float]] = {}
+        """Per destination of those stages: the watermark last sent, and when."""
+        self.senders_at = {o: MAX_TIME if self.offsets.get(f"eos:{o}")
+                           else self.offsets.get(f"w:{o}", MIN_TIME) for o in self.upstream} \
+            if stage.timed else {}
+        """A timed task's watermark per upstream sender (stored with the marks)."""
+        self.late = {k[5:]: v for k, v in self.offsets.items() if k.startswith("late:")}
+        """Late records per window or join step, as of our last commit."""
 
     @property
     def state(self) -> dict | None:
@@ -460,13 +473,17 @@ class PartitionTask:
         elif self.may_read():
             self._read_source(out, commit)
         self._published: list[tuple[str, list]] = []
+        self._count_late(out, commit)
         batches = self._emit(out, commit)
         eos = not self.offsets.get(EOS_SENT) and self.input_done
         self._close_segments(commit, eos)
         if eos:
             self._end_of_stream(commit, batches)
+        watermark = self.watermark() if self.timed_targets else None
+        if watermark is not None and not eos:
+            self._watermark_only(batches, watermark)
         for dest, records in batches.items():
-            self._append(commit, dest, eos, records)
+            self._append(commit, dest, eos, records, watermark)
         self.acked = []
         if commit.state_puts or commit.state_deletes or commit.offsets or commit.marks \
                 or commit.outbox_puts or commit.outbox_deletes:
@@ -534,11 +551,14 @@ class PartitionTask:
             i = self.unread[0]
             records, offset, done = source.read(self.ctx.splits[self.stage.source][i],
                                                 self.offsets.get(f"o{i}"), self.ctx.batch_size)
-            self.stage.feed(records, None, out)
+            time_state = self.stage.feed(records, None, out, self.offsets.get(f"t{i}"))
             read += len(records) + 1
             self.records_in += len(records)
             self.offsets[f"o{i}"], self.offsets[f"d{i}"] = offset, done
             commit.offsets.update({f"o{i}": pack(offset), f"d{i}": pack(done)})
+            if time_state is not None:  # event time: the largest ts read, with the offset
+                self.offsets[f"t{i}"] = time_state
+                commit.offsets[f"t{i}"] = pack(time_state)
             if done:
                 self.unread.pop(0)
 
@@ -562,7 +582,11 @@ class PartitionTask:
                     self.waiting.discard(batch.origin)
                     self.offsets[f"eos:{batch.origin}"] = True
                     commit.offsets[f"eos:{batch.origin}"] = pack(True)
+                if self.stage.timed:
+                    self._sender_at(batch, commit)
             replies.append((batch.reply, self.marks.get(batch.origin, 0)))
+        if self.stage.timed and self.senders_at:
+            self.stage.advance(min(self.senders_at.values()), self.state, out)
         if self.table_is_state or not out.touched:
             return  # the table sink writes the changed keys' rows, which are the state
         state, puts = self.state, commit.state_puts
@@ -571,6 +595,37 @@ class PartitionTask:
                 puts[STATE + _packb(key)] = _packb(state[key])
             else:
                 commit.state_deletes.append(STATE + _packb(key))
+
+    def _sender_at(self, batch: Inbound, commit: Commit) -> None:
+        """A timed task: the watermark ``batch``'s sender reached with it (ended: +inf)."""
+        at = MAX_TIME if batch.eos else batch.watermark
+        if at is not None and at > self.senders_at.get(batch.origin, MIN_TIME):
+            self.senders_at[batch.origin] = at
+            commit.offsets[f"w:{batch.origin}"] = pack(at)
+
+    def watermark(self) -> int:
+        """A source task's event-time watermark: the lowest of its splits' (+inf without
+        event time, or once every split is read)."""
+        return min((self.stage.split_watermark(self.offsets.get(f"t{i}"),
+                                               bool(self.offsets.get(f"d{i}")))
+                    for i in self.splits), default=MAX_TIME)
+
+    def _watermark_only(self, batches: dict[str, list], watermark: int) -> None:
+        """Give each partition of a timed stage that gets no records now an empty entry
+        carrying our watermark, if it moved and the last went WATERMARK_EVERY ago."""
+        now = self.ctx.clock()
+        for target in self.timed_targets:
+            for q in range(self.ctx.partitions):
+                dest = origin_id(target, q)
+                sent, when = self.watermark_sent.get(dest, (MIN_TIME, 0.0))
+                if dest not in batches and watermark > sent and now - when >= WATERMARK_EVERY:
+                    batches[dest] = []
+
+    def _count_late(self, out: Any, commit: Commit) -> None:
+        """Count the late records of this step's windows and joins (status shows them)."""
+        for step, records in out.late.items():
+            self.late[step] = self.late.get(step, 0) + len(records)
+            commit.offsets[f"late:{step}"] = pack(self.late[step])
 
     def _take_produced(self, batch: Inbound, mark: int, out: Any, commit: Commit,
                        replies: list[tuple[Callable[[Any], None], Any]]) -> int:
@@ -634,16 +689,25 @@ class PartitionTask:
                 self._sink(target, records, commit)
         return batches
 
-    def _append(self, commit: Commit, dest: str, eos: bool, records: list) -> None:
+    def _append(self, commit: Commit, dest: str, eos: bool, records: list,
+                watermark: int | None = None) -> None:
+        """An outbox entry to ``dest``: [end of stream, records], and our watermark if
+        ``dest`` is a window or join stage's task."""
         seq = max(self.next_seq.get(dest, 1), 1)
         self.next_seq[dest] = seq + 1
-        commit.outbox_puts.append((dest, seq, pack([eos, records])))
+        if watermark is not None and int(dest.partition("/")[0]) in self.timed_targets:
+            self.watermark_sent[dest] = (watermark, self.ctx.clock())
+            commit.outbox_puts.append((dest, seq, pack([eos, records, watermark])))
+        else:
+            commit.outbox_puts.append((dest, seq, pack([eos, records])))
 
     def _sink(self, name: str, records: list, commit: Commit) -> None:
         sink = self.ctx.plan.sinks[name]
         if isinstance(sink, TableSink):
             prefix, puts = table_prefix(name), commit.state_puts
             for key, value in records:
+                if type(value) is Windowed:  # one row per key and window
+                    key = (key, to_ms(value.start))
                 puts[prefix + _packb(key)] = _packb(value)
         elif isinstance(sink, FilesSink):
             self._add_lines(SEGMENT + name, sink.encode(records), commit)
@@ -797,8 +861,21 @@ def decode_batch(payload: bytes) -> tuple[bool, list]:
     Raises:
         FlowError: the payload is not a batch.
     """
+    eos, records, _ = decode_entry(payload)
+    return eos, records
+
+
+def decode_entry(payload: bytes) -> tuple[bool, list, int | None]:
+    """(end of stream, records, the sender's watermark or None) of an outbox payload.
+
+    Raises:
+        FlowError: the payload is not a batch.
+    """
     try:
-        eos, records = unpack(payload)
+        eos, records, *rest = unpack(payload)
+        watermark = rest[0] if rest else None
+        if len(rest) > 1 or (watermark is not None and type(watermark) is not int):
+            raise ValueError(f"unexpected fields {rest!r}")
     except (ValueError, TypeError, msgpack.UnpackException) as err:
         raise FlowError(f"received a batch that does not decode: {err}") from err
-    return bool(eos), list(records)
+    return bool(eos), list(records), watermark

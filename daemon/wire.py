@@ -24,6 +24,8 @@ from typing import Any
 
 import msgpack
 
+from nodes import codec as records
+
 from .errors import AuthError, DecodeError
 
 TAG_SIZE = 16
@@ -118,7 +120,8 @@ class Codec:
         return hashlib.blake2b(payload, key=self._secret, digest_size=TAG_SIZE).digest()
 
     def encode(self, kind: MessageType, body: dict[str, Any]) -> bytes:
-        payload = msgpack.packb([int(kind), body], use_bin_type=True)
+        payload = msgpack.packb([int(kind), body], use_bin_type=True, datetime=True,
+                                default=records.default)  # records: Windowed, datetimes
         if self._secret is None:
             return bytes([_UNTAGGED]) + payload
         return bytes([_TAGGED]) + self._tag(payload) + payload
@@ -146,7 +149,8 @@ class Codec:
         else:
             raise DecodeError(f"unknown packet flag {flag}")
         try:
-            message = msgpack.unpackb(payload, raw=False, strict_map_key=True)
+            message = msgpack.unpackb(payload, raw=False, strict_map_key=True, timestamp=3,
+                                      ext_hook=records.ext_hook)
         except Exception as err:  # msgpack raises several unrelated types
             raise DecodeError(f"not msgpack: {err}") from err
         if not (isinstance(message, list) and len(message) == 2 and isinstance(message[0], int)

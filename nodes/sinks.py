@@ -28,13 +28,12 @@ from __future__ import annotations
 
 import json
 import os
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from nodes.endpoint import Endpoint
 from nodes.errors import FlowError, safe_repr, typed
-from nodes.windows import Windowed
+from nodes.codec import json_default
 
 
 class Sink(Endpoint):
@@ -88,7 +87,7 @@ class FilesSink(Sink):
         """
         dumps = json.dumps
         try:
-            text = "".join([dumps(r, ensure_ascii=False, default=_datetime) + "\n"
+            text = "".join([dumps(r, ensure_ascii=False, default=json_default) + "\n"
                             for r in records])
         except (TypeError, ValueError) as err:
             bad = next((r for r in records if not _jsonable(r)), None)
@@ -98,7 +97,7 @@ class FilesSink(Sink):
         try:
             return text.encode("utf-8")
         except UnicodeEncodeError:  # lone surrogates: fall back to \u escapes, still valid JSON
-            return "".join([dumps(r, default=_datetime) + "\n" for r in records]
+            return "".join([dumps(r, default=json_default) + "\n" for r in records]
                            ).encode("ascii")
 
     def describe(self) -> dict[str, Any]:
@@ -184,19 +183,9 @@ def log(*, records: int | None = 1_000_000, bytes: int | None = None) -> LogSink
     return LogSink(records, bytes)
 
 
-def _datetime(value: Any) -> Any:
-    """JSON for what json lacks: datetimes as ISO 8601, a Windowed as an object."""
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if type(value) is Windowed:
-        return {"start": value.start.isoformat(), "end": value.end.isoformat(),
-                "value": value.value}
-    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
-
-
 def _jsonable(value: Any) -> bool:
     try:
-        json.dumps(value, default=_datetime)
+        json.dumps(value, default=json_default)
     except (TypeError, ValueError):
         return False
     return True

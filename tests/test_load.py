@@ -22,9 +22,9 @@ from test_flows_cluster import flow_record, submit, table, write
 pytestmark = pytest.mark.timeout(240)
 
 THREE = ["n0", "n1", "n2"]
-RECORDS = 60_000
+RECORDS = 40_000
 BURN = 0.0007
-"""Seconds of CPU per record: 60 000 x 0.7 ms = 42 CPU-seconds, about 20 s of both cores."""
+"""Seconds of CPU per record: 40 000 x 0.7 ms = 28 CPU-seconds, about 14 s of both cores."""
 HEAVY = f"""
 import time
 from nodes import Flow, sources, sinks

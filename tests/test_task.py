@@ -17,10 +17,12 @@ from daemon.task import (
     Inbound,
     PartitionTask,
     decode_batch,
+    decode_entry,
+    unpack,
     pack,
     table_key,
 )
-from nodes import load_flow
+from nodes import FlowError, load_flow
 from nodes.plan import plan
 
 FLOW = """
@@ -244,7 +246,7 @@ def test_a_fenced_task_runs_but_releases_nothing_until_open_and_its_seal_is_dura
     assert replies == [] and sent == [] and not keyed.done  # durable, but still fenced
     keyed.open()
     resumed.open()
-    assert replies == [(sorted(keyed.upstream)[0], 1, 1)]
+    assert replies == [(min(keyed.upstream), 1, 1)]
     assert sorted((d, s) for _, d, s, _ in sent) == sorted(outbox)  # sent again, once open
 
 
@@ -263,4 +265,52 @@ def test_an_open_task_waits_for_its_seal_on_every_replica(store, tmp_path):
     keyed.on_replicated("c", 1)  # the seal alone: the commit answering the input is not
     assert replies == []
     keyed.on_replicated("c", 2)
-    assert replies == [(sorted(keyed.upstream)[0], 1, 1)]
+    assert replies == [(min(keyed.upstream), 1, 1)]
+
+
+TIMED = """
+from datetime import timedelta as td
+from nodes import Flow, sources, sinks, windows
+flow = Flow("t")
+(flow.source(sources.generate(30, lambda i: {"ts": 100 + i - 10 * (i == 20), "k": "a"}))
+     .event_time(lambda r: r["ts"], max_delay=td(seconds=5))
+     .key_by(lambda r: r["k"]).window(windows.tumbling(td(seconds=10))).count()
+     .sink(sinks.table()))
+"""
+
+
+def test_event_time_rides_on_entries_and_is_kept_with_offsets(store, tmp_path):
+    """A source task with event time stores its split's largest ts beside its offset and
+    puts its watermark on every entry to the window stage; the window task keeps its
+    sender's watermark with its marks and fires exactly the windows it passed."""
+    sent: list = []
+    the_plan = plan(load_flow(TIMED, str(tmp_path / "t.py")))
+    ctx = FlowContext("t@1", the_plan, 2, store, lambda task, dest, seq, payload:
+                      sent.append((dest, seq, payload)) or True, batch_size=7)
+    ctx.plan_splits()
+    (p,) = ctx.senders(0)  # generate's event-time splits are fixed ranges: one here
+    source = PartitionTask(ctx, the_plan.stages[0], p)
+    source.step()
+    split = source.splits[0]
+    assert source.offsets[f"t{split}"] == 129_000  # the largest ts read, in ms
+    assert store.offsets(source.id)[f"t{split}"] == pack(129_000)
+    (dest, seq, payload), = [e for e in sent if decode_entry(e[2])[1]]  # key "a": one dest
+    eos, records, watermark = decode_entry(payload)
+    assert eos and watermark == 1 << 62 and len(records) == 30  # read to the end: +inf
+    window = PartitionTask(ctx, the_plan.stages[1], int(dest.split("/")[1]))
+    (origin,) = window.upstream
+    window.receive(Inbound(origin, seq, False, records, lambda m: None, watermark=124_000),
+                   0.0)
+    window.step()  # [100, 110) and [110, 120) end by 124 s; [120, 130) does not
+    assert store.offsets(window.id)[f"w:{origin}"] == pack(124_000)
+    fired = {unpack(k[len(b"t") + len(b"table") + 1:]): unpack(v).value
+             for k, v in store.iter_state(window.id, start=b"t")}
+    assert fired == {("a", 100_000): 10, ("a", 110_000): 11}  # ts 110 at i=20: on time
+    restarted = PartitionTask(ctx, the_plan.stages[1], window.partition)
+    assert restarted.senders_at == {origin: 124_000}
+
+
+@pytest.mark.parametrize("payload", [pack([False, [], "soon"]), pack([False, [], 1, 2])])
+def test_an_entry_with_a_bad_watermark_is_refused(payload):
+    with pytest.raises(FlowError, match="does not decode"):
+        decode_entry(payload)
