@@ -192,6 +192,14 @@ def _print_windows(rows: list[list[Any]], as_json: bool) -> None:
                       for key, w in windows], ["KEY", "START", "END", "VALUE"])
 
 
+def _late(figures: dict[str, Any]) -> str:
+    """A window or join stage's late records, and how many came after an idle input."""
+    if "late" not in figures:
+        return ""
+    idle = figures.get("late_after_idle", 0)
+    return f"{figures['late']}" + (f" ({idle} after idle)" if idle else "")
+
+
 def _event_time(watermark: int | None) -> str:
     """A watermark (ms) for people: an ISO time, "start" before any record, "end" after
     the last, "" for a stage without event time."""
@@ -220,7 +228,7 @@ def status(ask: Callable[..., Any], as_json: bool, flow: str | None) -> None:
         stages = sorted(record["stages"].items(), key=lambda kv: int(kv[0].split()[0]))
         timed = any("watermark" in f for _, f in stages)
         _print_table([[stage, f["records_in"], f["records_out"], f"{f['done']}/{f['tasks']}",
-                       f["unacked"]] + ([_event_time(f.get("watermark")), f.get("late", "")]
+                       f["unacked"]] + ([_event_time(f.get("watermark")), _late(f)]
                                         if timed else []) for stage, f in stages],
                      ["STAGE", "RECORDS IN", "RECORDS OUT", "PARTITIONS DONE", "UNACKED"]
                      + (["WATERMARK", "LATE"] if timed else []))

@@ -612,8 +612,9 @@ class Runtime:
             s["tasks"] += 1
             if task.stage.timed:  # windows and joins: how far event time got, what was late
                 s["late"] = s.get("late", 0) + sum(task.late.values())
-                s["watermark"] = min(s.get("watermark", MAX_TIME),
-                                     min(task.senders_at.values(), default=MAX_TIME))
+                s["late_after_idle"] = s.get("late_after_idle", 0) \
+                    + sum(task.late_after_idle.values())
+                s["watermark"] = min(s.get("watermark", MAX_TIME), task.senders_watermark())
         return stages
 
 

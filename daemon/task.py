@@ -40,7 +40,7 @@ import msgpack
 
 from nodes.codec import pack, unpack
 from nodes.errors import FlowError
-from nodes.eventtime import MAX_TIME, MIN_TIME, to_ms
+from nodes.eventtime import IDLE, MAX_TIME, MIN_TIME, to_ms
 from nodes.plan import Plan, Stage, route
 from nodes.sinks import FilesSink, LogSink, TableSink
 from nodes.sources import IngestSource
@@ -85,6 +85,8 @@ UNKNOWN_PRODUCER = -1
 (a producer never seen is answered mark 0: its batch may have overtaken its first)."""
 FORGET_EVERY = 60.0
 """Seconds between an ingest task's checks for producers silent past their TTL."""
+INGESTED = "ti"
+"""An ingest task's one split: the offsets key of its event time, and its read_at key."""
 SEGMENT = "files:"
 """Outbox destinations ``files:<sink name>``: a files sink's lines, written into segment
 files once durable (never sent); an entry is ``[closes its segment, JSON-lines bytes]``."""
@@ -93,6 +95,10 @@ SEGMENT_SECONDS = 1.0
 """A segment closes at this size or age (or at end of stream): one file each."""
 RETRY_WRITE = 1.0
 """Seconds before writing a segment again after a full disk."""
+IDLE_AFTER = 30.0
+"""Seconds after which an ingest task that got no records leaves the watermark's minimum
+(``event_time(idle_after=...)`` sets it per source; bounded sources never idle unless
+asked)."""
 WATERMARK_EVERY = 1.0
 """A source task with event time sends a downstream partition that got no records an
 entry holding only its watermark at most this often (so its windows fire)."""
@@ -202,6 +208,19 @@ class FlowContext:
             self.splits[name] = []
         self.split_partitions = {name: spread(len(splits), sets)
                                  for name, splits in self.splits.items()}
+        for stage in self.plan.stages:
+            if stage.timed:
+                stage.may_idle = any(self.idle_after(self.plan.stages[u]) is not None
+                                     for u in stage.inputs)
+
+    def idle_after(self, stage: Stage) -> float | None:
+        """Seconds after which a split of source ``stage`` that read nothing leaves the
+        watermark's minimum (None: never)."""
+        if stage.event_time is None:
+            return None
+        if stage.event_time.idle_after is not None:
+            return stage.event_time.idle_after
+        return IDLE_AFTER if stage.source in self.ingests else None
 
     def senders(self, stage: int) -> range | set[int]:
         """Partitions of ``stage`` that send anything: for a source stage the ones with
@@ -352,10 +371,25 @@ class PartitionTask:
         """Downstream stages whose entries carry our watermark (windows, joins)."""
         self.watermark_sent: dict[str, tuple[int, float]] = {}
         """Per destination of those stages: the watermark last sent, and when."""
+        self.watermark_due: float | None = None
+        """When some of them may get our changed watermark (None: all have it)..."""
+        self.watermark_noted = MIN_TIME
+        """... as of our watermark at the last step."""
+        self.idle_after = ctx.idle_after(stage) if stage.kind == "source" else None
+        self.read_at = dict.fromkeys(self.splits or [INGESTED], ctx.clock()) \
+            if self.idle_after is not None else {}
+        """Per split (an ingest task: INGESTED), when it last read records (or we
+        started): with ``idle_after``, one that read nothing for so long is idle."""
+        self.late_after_idle = {k[5:]: v for k, v in self.offsets.items()
+                                if k.startswith("idle:")}
+        """Per window or join step, its late records behind windows fired while an input
+        was idle (part of ``late``)."""
         self.senders_at = {o: MAX_TIME if self.offsets.get(f"eos:{o}")
                            else self.offsets.get(f"w:{o}", MIN_TIME) for o in self.upstream} \
             if stage.timed else {}
-        """A timed task's watermark per upstream sender (stored with the marks)."""
+        """A timed task's watermark per upstream sender (stored with the marks)..."""
+        self.idle_senders = {o for o in self.senders_at if self.offsets.get(f"i:{o}")}
+        """... and those of them idle now."""
         self.late = {k[5:]: v for k, v in self.offsets.items() if k.startswith("late:")}
         """Late records per window or join step, as of our last commit."""
 
@@ -399,11 +433,24 @@ class PartitionTask:
             return due if later is None else min(due, later)
         if self.idle or self.offsets.get(EOS_SENT):
             return later
+        if self.ingesting and self.timed_targets and self.idle_after is not None:
+            return self._idle_at(later)
         if self.input_done:
             return now
         if self.may_read():
             return now
         return later
+
+    def _idle_at(self, later: float | None) -> float | None:
+        """An ingest task with event time and nothing queued: step when it turns idle (to
+        say so downstream), or when its watermark may go to those it skipped."""
+        at = self.watermark()
+        if at != self.watermark_noted:
+            return 0.0  # it turned idle: say so
+        due = [t for t in (later, self.watermark_due) if t is not None]
+        if at != IDLE:
+            due.append(self.read_at[INGESTED] + self.idle_after)
+        return min(due, default=None)
 
     def _segments_due(self) -> float | None:
         """When the files sink's segments need a step: a retry after a full disk, at
@@ -484,6 +531,8 @@ class PartitionTask:
             self._watermark_only(batches, watermark)
         for dest, records in batches.items():
             self._append(commit, dest, eos, records, watermark)
+        if watermark is not None:
+            self._watermark_due(watermark)
         self.acked = []
         if commit.state_puts or commit.state_deletes or commit.offsets or commit.marks \
                 or commit.outbox_puts or commit.outbox_deletes:
@@ -552,6 +601,8 @@ class PartitionTask:
             records, offset, done = source.read(self.ctx.splits[self.stage.source][i],
                                                 self.offsets.get(f"o{i}"), self.ctx.batch_size)
             time_state = self.stage.feed(records, None, out, self.offsets.get(f"t{i}"))
+            if records and self.idle_after is not None:
+                self.read_at[i] = clock()
             read += len(records) + 1
             self.records_in += len(records)
             self.offsets[f"o{i}"], self.offsets[f"d{i}"] = offset, done
@@ -586,7 +637,7 @@ class PartitionTask:
                     self._sender_at(batch, commit)
             replies.append((batch.reply, self.marks.get(batch.origin, 0)))
         if self.stage.timed and self.senders_at:
-            self.stage.advance(min(self.senders_at.values()), self.state, out)
+            self.stage.advance(self.senders_watermark(), self.state, out)
         if self.table_is_state or not out.touched:
             return  # the table sink writes the changed keys' rows, which are the state
         state, puts = self.state, commit.state_puts
@@ -597,18 +648,44 @@ class PartitionTask:
                 commit.state_deletes.append(STATE + _packb(key))
 
     def _sender_at(self, batch: Inbound, commit: Commit) -> None:
-        """A timed task: the watermark ``batch``'s sender reached with it (ended: +inf)."""
-        at = MAX_TIME if batch.eos else batch.watermark
-        if at is not None and at > self.senders_at.get(batch.origin, MIN_TIME):
-            self.senders_at[batch.origin] = at
-            commit.offsets[f"w:{batch.origin}"] = pack(at)
+        """A timed task: the watermark ``batch``'s sender reached with it (ended: +inf;
+        IDLE: it leaves our minimum until it reads again)."""
+        at, origin = MAX_TIME if batch.eos else batch.watermark, batch.origin
+        if at == IDLE:
+            if origin not in self.idle_senders:
+                self.idle_senders.add(origin)
+                commit.offsets[f"i:{origin}"] = pack(True)
+        elif at is not None:
+            if origin in self.idle_senders:
+                self.idle_senders.discard(origin)
+                commit.offsets[f"i:{origin}"] = pack(False)
+            if at > self.senders_at.get(origin, MIN_TIME):
+                self.senders_at[origin] = at
+                commit.offsets[f"w:{origin}"] = pack(at)
+
+    def senders_watermark(self) -> int:
+        """A timed task's watermark: the lowest of its senders' that are not idle; when
+        every one is idle, the highest any reached (as Flink's watermark valve does: the
+        last to go idle had the say)."""
+        active = [at for origin, at in self.senders_at.items()
+                  if origin not in self.idle_senders]
+        return min(active) if active else max(self.senders_at.values(), default=MIN_TIME)
 
     def watermark(self) -> int:
-        """A source task's event-time watermark: the lowest of its splits' (+inf without
-        event time, or once every split is read)."""
-        return min((self.stage.split_watermark(self.offsets.get(f"t{i}"),
-                                               bool(self.offsets.get(f"d{i}")))
-                    for i in self.splits), default=MAX_TIME)
+        """A source task's event-time watermark: the lowest of its splits' that are not
+        idle (+inf without event time, or once every split is read; IDLE when all that
+        are left are idle)."""
+        if self.ingesting:
+            return self.stage.split_watermark(self.offsets.get(INGESTED), False) \
+                if not self._idle(INGESTED) else IDLE
+        marks = [self.stage.split_watermark(self.offsets.get(f"t{i}"), done)
+                 for i in self.splits
+                 if (done := bool(self.offsets.get(f"d{i}"))) or not self._idle(i)]
+        return min(marks, default=MAX_TIME if not self.unread else IDLE)
+
+    def _idle(self, split: int | str) -> bool:
+        return self.idle_after is not None and \
+            self.ctx.clock() - self.read_at[split] >= self.idle_after
 
     def _watermark_only(self, batches: dict[str, list], watermark: int) -> None:
         """Give each partition of a timed stage that gets no records now an empty entry
@@ -618,14 +695,26 @@ class PartitionTask:
             for q in range(self.ctx.partitions):
                 dest = origin_id(target, q)
                 sent, when = self.watermark_sent.get(dest, (MIN_TIME, 0.0))
-                if dest not in batches and watermark > sent and now - when >= WATERMARK_EVERY:
+                if dest not in batches and watermark != sent and now - when >= WATERMARK_EVERY:
                     batches[dest] = []
+
+    def _watermark_due(self, watermark: int) -> None:
+        """When a partition of a timed stage that has not got ``watermark`` may get it."""
+        self.watermark_noted = watermark
+        lagging = [when for sent, when in self.watermark_sent.values() if sent != watermark]
+        if watermark != MIN_TIME and len(self.watermark_sent) < len(self.timed_targets) \
+                * self.ctx.partitions:
+            lagging.append(0.0)
+        self.watermark_due = min(lagging) + WATERMARK_EVERY if lagging else None
 
     def _count_late(self, out: Any, commit: Commit) -> None:
         """Count the late records of this step's windows and joins (status shows them)."""
         for step, records in out.late.items():
             self.late[step] = self.late.get(step, 0) + len(records)
             commit.offsets[f"late:{step}"] = pack(self.late[step])
+        for step, count in out.late_after_idle.items():
+            self.late_after_idle[step] = self.late_after_idle.get(step, 0) + count
+            commit.offsets[f"idle:{step}"] = pack(self.late_after_idle[step])
 
     def _take_produced(self, batch: Inbound, mark: int, out: Any, commit: Commit,
                        replies: list[tuple[Callable[[Any], None], Any]]) -> int:
@@ -642,7 +731,12 @@ class PartitionTask:
         commit.offsets[seen] = pack(self.offsets[seen])
         if batch.seq <= mark + 1 <= last:
             records = batch.records[mark + 1 - batch.seq:]
-            self.stage.feed(records, None, out)
+            time_state = self.stage.feed(records, None, out, self.offsets.get(INGESTED))
+            if time_state is not None:  # event time: one split, the producers' records
+                self.offsets[INGESTED] = time_state
+                commit.offsets[INGESTED] = pack(time_state)
+                if self.idle_after is not None:
+                    self.read_at[INGESTED] = self.ctx.clock()
             fresh = len(records)
             self.records_in += fresh
             self.marks[batch.origin] = commit.marks[batch.origin] = last

@@ -298,12 +298,6 @@ def source_splits(text: str, path: str, partitions: int) -> dict[str, Any]:
     ``{"splits": {source name: [split, ...]}}``, or ``{"error": why}``."""
     try:
         the_plan = make_plan(load_flow(text, path))
-        for stage in the_plan.stages:
-            if stage.event_time and isinstance(the_plan.sources[stage.source], IngestSource):
-                return {"error": f"stage {stage.name!r}: event_time on sources.ingest() needs"
-                                 " idle partitions to leave the watermark (idle_after), which"
-                                 " the daemon does not do yet; declare it on a files, jsonl"
-                                 " or generate source"}
         splits = {name: source.splits(partitions) for name, source in the_plan.sources.items()}
         for stage in the_plan.stages:  # producers' batches go to this stage's tasks
             if stage.source is not None and isinstance(the_plan.sources[stage.source],

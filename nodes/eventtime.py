@@ -32,6 +32,9 @@ MIN_TIME = -(1 << 62)
 """Minus infinity: the watermark of a split not started, of a task that knows nothing."""
 MAX_TIME = 1 << 62
 """Plus infinity: the watermark of a finished split, of a stream that ended."""
+IDLE = MIN_TIME - 1
+"""The watermark of a source task whose input read nothing for ``idle_after``: it leaves
+the minimum of the stages it feeds until it reads again (issue 11, point 8)."""
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 MS = timedelta(milliseconds=1)
 

@@ -25,8 +25,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from nodes.eventtime import MAX_TIME, EventTime
+from nodes.eventtime import MAX_TIME, MIN_TIME, EventTime
 from nodes.stateful import Head
+from nodes.windowops import clock
 
 if TYPE_CHECKING:
     from nodes.flow import Step
@@ -47,7 +48,8 @@ class Outbox:
             time; see ``Stage.feed``).
     """
 
-    __slots__ = ("_heads", "_order", "late", "lists", "partials", "split_time", "touched")
+    __slots__ = ("_heads", "_order", "late", "late_after_idle", "lists", "partials",
+                 "split_time", "touched")
 
     def __init__(self, outputs: tuple[Output, ...], heads: dict[int, Head]):
         self._order, self._heads = outputs, heads
@@ -55,6 +57,7 @@ class Outbox:
         self.partials: dict[int, dict] = {o: h.new_partials() for o, h in heads.items()}
         self.touched: set = set()
         self.late: dict[str, list] = {}
+        self.late_after_idle: dict[str, int] = {}
         self.split_time: int | None = None
 
     def size(self) -> int:
@@ -78,6 +81,7 @@ class Outbox:
                 self.partials[o] = self._heads[o].new_partials()
         self.touched = set()
         self.late = {}
+        self.late_after_idle = {}
         return out
 
 
@@ -112,6 +116,9 @@ class Stage:
         self.timed = bool(getattr(head, "timed", False))
         self.event_time: EventTime | None = None
         self._late_slot = 0  # the slot of the head's .late stream (0: none)
+        self.may_idle = False
+        """A timed stage whose inputs may go idle (the runtime says so): records behind
+        its fired windows are then possible, and go to ``.late``."""
         self.inputs: tuple[int, ...] = ()
         self.steps: tuple[str, ...] = ()
         self.outputs: tuple[Output, ...] = ()
@@ -149,9 +156,15 @@ class Stage:
         if self._head is None:
             slots[0] = batch
         elif self.timed:
+            batch, raised = _past_fired(batch, self._head, state) if self.may_idle \
+                else (batch, ())
             slots[0], late = self._head.apply(batch, state, outbox.touched)
             if late:
                 outbox.late.setdefault(self.head, []).extend(late)
+                if raised:
+                    after = sum(id(record[1]) in raised for record in late)
+                    outbox.late_after_idle[self.head] = \
+                        outbox.late_after_idle.get(self.head, 0) + after
             if self._late_slot:
                 slots[self._late_slot] = late
         else:
@@ -200,6 +213,25 @@ class Stage:
                 "partials": self.partials, "steps": list(self.steps),
                 "outputs": list(self.outputs), "timed": self.timed,
                 "event_time": self.event_time.describe() if self.event_time else None}
+
+
+def _past_fired(rows: list, head: Head, state: dict) -> tuple[list, set[int]]:
+    """A timed head's rows with each bound raised to what its state still holds (its
+    watermark less the allowed lateness), and the ids of the values raised.
+
+    Without idleness no bound is below it: a record's bound is its split's watermark
+    before it was read, and the head's watermark is the lowest of its senders', sent
+    after their records. A split that went idle (``idle_after``) left that minimum, so
+    its records may be behind windows that fired meanwhile: raised, they go to
+    ``.late`` (counted late after idle) instead of opening a fired window again."""
+    watermark = clock(state)[0]
+    if watermark <= MIN_TIME:
+        return rows, set()
+    floor = watermark - head.lateness
+    if all(row[2] >= floor for row in rows):
+        return rows, set()
+    raised = {id(row[3]) for row in rows if row[2] < floor}
+    return [row if row[2] >= floor else (row[0], row[1], floor, row[3]) for row in rows], raised
 
 
 def _gather(slots: list, ins: list[int]) -> list:

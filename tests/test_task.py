@@ -23,6 +23,7 @@ from daemon.task import (
     table_key,
 )
 from nodes import FlowError, load_flow
+from nodes.eventtime import IDLE
 from nodes.plan import plan
 
 FLOW = """
@@ -314,3 +315,31 @@ def test_event_time_rides_on_entries_and_is_kept_with_offsets(store, tmp_path):
 def test_an_entry_with_a_bad_watermark_is_refused(payload):
     with pytest.raises(FlowError, match="does not decode"):
         decode_entry(payload)
+
+
+def test_idle_senders_leave_the_minimum_and_all_idle_gives_the_highest(store, tmp_path):
+    """A window task's watermark: the lowest of its senders that are not idle; once every
+    one is idle, the highest any reached; a sender that reads again counts again. Kept
+    with the marks, so a restart knows which are idle."""
+    text = TIMED.replace("generate(30, lambda i: {\"ts\": 100 + i - 10 * (i == 20), "
+                         "\"k\": \"a\"})", "ingest(\"in\")")
+    the_plan = plan(load_flow(text, str(tmp_path / "t.py")))
+    ctx = FlowContext("t@1", the_plan, 2, store, lambda *sent: True)
+    ctx.plan_splits()
+    window = PartitionTask(ctx, the_plan.stages[1], 0)
+    a, b = sorted(window.upstream)
+    for origin, at in [(a, 50_000), (b, 20_000)]:
+        window.receive(Inbound(origin, 1, False, [], lambda m: None, watermark=at), 0.0)
+    window.step()
+    assert window.senders_watermark() == 20_000
+    window.receive(Inbound(b, 2, False, [], lambda m: None, watermark=IDLE), 0.0)
+    window.step()
+    assert window.senders_watermark() == 50_000  # b idle: a alone counts
+    window.receive(Inbound(a, 2, False, [], lambda m: None, watermark=IDLE), 0.0)
+    window.step()
+    assert window.senders_watermark() == 50_000  # both idle: the highest reached
+    restarted = PartitionTask(ctx, the_plan.stages[1], 0)
+    assert restarted.idle_senders == {a, b} and restarted.senders_watermark() == 50_000
+    restarted.receive(Inbound(b, 3, False, [], lambda m: None, watermark=30_000), 0.0)
+    restarted.step()
+    assert restarted.senders_watermark() == 30_000  # b reads again: the lowest again

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections import Counter
 import signal
 from pathlib import Path
 
@@ -91,7 +92,8 @@ def test_windows_on_three_daemons_equal_the_local_runner_through_a_kill(
     write_clicks(tmp_path)
     path = tmp_path / "clicks.py"
     path.write_text(FLOW)
-    local = run(load_flow(FLOW, str(path)), partitions=PARTITIONS)
+    local = run(load_flow(FLOW.replace(".map(slowly)", ""), str(path)),  # same, faster
+                partitions=PARTITIONS)
     expected_late, expected_pairs = lines(tmp_path, "late"), lines(tmp_path, "pairs")
     assert local.late("window") and expected_late  # the input has late records
     assert any(json.loads(pair)[2] is None for pair in expected_pairs)  # and unmatched
@@ -142,3 +144,69 @@ def test_windowed_values_travel_between_stages_as_windowed(tmp_path: Path) -> No
 
     w = Windowed(to_datetime(0), to_datetime(10_000), {"n": [1, 2]})
     assert unpack(pack([("k", w)])) == (("k", Windowed(w.start, w.end, {"n": (1, 2)})),)
+
+
+SENSORS = '''
+from datetime import timedelta as td
+from nodes import Flow, sources, sinks, windows
+
+flow = Flow("sensors")
+readings = (flow.source(sources.ingest("readings"))
+                .event_time(lambda r: r["ts"], max_delay=td(seconds=1), idle_after=td(seconds=1)))
+per_10s = (readings.key_by(lambda r: r["sensor"])
+                   .window(windows.tumbling(td(seconds=10))).count())
+per_10s.sink(sinks.table(), name="counts")
+'''
+
+
+def test_live_windows_fire_as_idle_ingest_partitions_leave_the_watermark(
+        cluster: Cluster, tmp_path: Path) -> None:
+    """Windows over an ingest: the partitions no producer feeds turn idle after
+    idle_after and leave the minimum, so windows fire on the one producer's event time;
+    a second producer's record behind a fired window is late (after idle), never a second
+    row; once that producer's partition is idle again, event time moves on."""
+    from daemon.ingest import producer_partition
+    from daemon.producer import Producer
+
+    cluster.start_many(THREE, partitions=PARTITIONS)
+    path = tmp_path / "sensors.py"
+    path.write_text(SENSORS)
+    result = cli("submit", str(path), "--node", cluster["n0"].address, timeout=60)
+    assert result.returncode == 0, result.stderr
+    first, second = "a", next(p for p in "bcdefgh" if producer_partition(p, PARTITIONS)
+                              != producer_partition("a", PARTITIONS))
+    nodes = [cluster[n].address for n in THREE]
+    readings = [{"ts": i / 5, "sensor": f"s{i % 3}"} for i in range(300)]  # 0 .. 59.8 s
+    with Producer("readings", nodes, producer_id=first) as producer:
+        for reading in readings:
+            producer.send(reading)
+        producer.flush()
+
+    def rows() -> dict:
+        got = cluster.request("n1", "query", timeout=10.0,
+                              args={"name": "sensors", "sink": "counts"})
+        return {(key[0], key[1]): window.value for key, window in got}
+
+    fired = Counter((r["sensor"], int(r["ts"] // 10) * 10_000) for r in readings
+                    if r["ts"] < 50)  # the watermark is 58.8 s: [50, 60) stays open
+    wait_for(lambda: rows() == fired, 60, interval=0.3, message="windows up to 50 s fire")
+
+    with Producer("readings", nodes, producer_id=second) as producer:
+        producer.send({"ts": 5, "sensor": "s0"})  # [0, 10) has fired
+        producer.flush()
+
+    def figures() -> dict:
+        stages = cluster.request("n2", "progress", args={"name": "sensors"},
+                                 timeout=5.0)["stages"]
+        return next(f for stage, f in stages.items() if stage.endswith(" window"))
+
+    wait_for(lambda: figures()["late_after_idle"] == 1, 30, interval=0.3,
+             message="the record behind a fired window is counted late after idle")
+    assert figures()["late"] == 1 and rows() == fired  # no second row for [0, 10)
+
+    with Producer("readings", nodes, producer_id=first, start=301) as producer:
+        producer.send({"ts": 100, "sensor": "s1"})
+        producer.flush()
+    fired.update((r["sensor"], 50_000) for r in readings if r["ts"] >= 50)
+    wait_for(lambda: rows() == fired, 60, interval=0.3,
+             message="[50, 60) fires once the second producer's partition idles again")
