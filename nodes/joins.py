@@ -27,7 +27,7 @@ from typing import Any
 
 from nodes.errors import StepRef
 from nodes.eventtime import MAX_TIME, to_datetime
-from nodes.windowops import CLOCK, Agg, Records, TimedHead, WindowHead, clock, set_clock
+from nodes.windowops import Agg, Records, TimedHead, WindowHead, clock, set_clock
 from nodes.windows import Windowed
 
 LEFT, RIGHT = "left", "right"
@@ -85,36 +85,26 @@ class IntervalJoinHead(TimedHead):
             set_clock(state, touched, watermark, due)
         return out, late
 
-    def advance(self, watermark: int, state: dict, touched: set) -> Records:
-        before, due = clock(state)
-        if watermark <= before:
-            return []
-        out: Records = []
-        if watermark >= due:
-            lower, upper, lateness = self.lower, self.upper, self.lateness
-            due = MAX_TIME
-            for key, (lefts, rights) in [(k, v) for k, v in state.items() if k is not CLOCK]:
-                keep_l = []
-                for entry in lefts:
-                    if entry[0] + upper + lateness < watermark:
-                        if self.how == LEFT and not entry[2]:
-                            out.append((key, (entry[1], None)))
-                    else:
-                        keep_l.append(entry)
-                        due = min(due, entry[0] + upper + lateness + 1)
-                keep_r = []
-                for entry in rights:
-                    if entry[0] - lower + lateness >= watermark:
-                        keep_r.append(entry)
-                        due = min(due, entry[0] - lower + lateness + 1)
-                if len(keep_l) != len(lefts) or len(keep_r) != len(rights):
-                    touched.add(key)
-                    if keep_l or keep_r:
-                        state[key] = [keep_l, keep_r]
-                    else:
-                        del state[key]
-        set_clock(state, touched, watermark, due)
-        return out
+    def fire(self, key: Any, held: Any, before: int, watermark: int,
+             out: Records) -> tuple[Any, int]:
+        lower, upper, lateness, due = self.lower, self.upper, self.lateness, MAX_TIME
+        lefts, rights = held
+        keep_l = []
+        for entry in lefts:
+            if entry[0] + upper + lateness < watermark:
+                if self.how == LEFT and not entry[2]:
+                    out.append((key, (entry[1], None)))
+            else:
+                keep_l.append(entry)
+                due = min(due, entry[0] + upper + lateness + 1)
+        keep_r = []
+        for entry in rights:
+            if entry[0] - lower + lateness >= watermark:
+                keep_r.append(entry)
+                due = min(due, entry[0] - lower + lateness + 1)
+        if len(keep_l) == len(lefts) and len(keep_r) == len(rights):
+            return held, due
+        return ([keep_l, keep_r] if keep_l or keep_r else None), due
 
 
 class JoinAgg(Agg):
@@ -170,39 +160,29 @@ class AsofJoinHead(TimedHead):
             set_clock(state, touched, watermark, due)
         return [], late
 
-    def advance(self, watermark: int, state: dict, touched: set) -> Records:
-        before, due = clock(state)
-        if watermark <= before:
-            return []
-        out: Records = []
-        if watermark >= due:
-            lateness, inner = self.lateness, self.how != LEFT
-            due = MAX_TIME
-            for key, (lefts, rights) in [(k, v) for k, v in state.items() if k is not CLOCK]:
-                waiting = []
-                for entry in sorted(lefts, key=_first):
-                    ts = entry[0]
-                    if ts + lateness < watermark:
-                        at = bisect_right(rights, ts, key=_first)
-                        if at:
-                            out.append((key, (entry[1], rights[at - 1][1])))
-                        elif not inner:
-                            out.append((key, (entry[1], None)))
-                    else:
-                        waiting.append(entry)
-                        due = min(due, ts + lateness + 1)
-                # keep the right records a left one not yet seen may still need
-                keep = rights[max(0, bisect_left(rights, watermark - lateness, key=_first) - 1):]
-                if len(keep) > 1:
-                    due = min(due, keep[1][0] + lateness + 1)
-                if len(waiting) != len(lefts) or len(keep) != len(rights):
-                    touched.add(key)
-                    if waiting or keep:
-                        state[key] = [waiting, list(keep)]
-                    else:
-                        del state[key]
-        set_clock(state, touched, watermark, due)
-        return out
+    def fire(self, key: Any, held: Any, before: int, watermark: int,
+             out: Records) -> tuple[Any, int]:
+        lateness, inner, due = self.lateness, self.how != LEFT, MAX_TIME
+        lefts, rights = held
+        waiting = []
+        for entry in sorted(lefts, key=_first):
+            ts = entry[0]
+            if ts + lateness < watermark:
+                at = bisect_right(rights, ts, key=_first)
+                if at:
+                    out.append((key, (entry[1], rights[at - 1][1])))
+                elif not inner:
+                    out.append((key, (entry[1], None)))
+            else:
+                waiting.append(entry)
+                due = min(due, ts + lateness + 1)
+        # keep the right records a left one not yet seen may still need
+        keep = rights[max(0, bisect_left(rights, watermark - lateness, key=_first) - 1):]
+        if len(keep) > 1:
+            due = min(due, keep[1][0] + lateness + 1)
+        if len(waiting) == len(lefts) and len(keep) == len(rights):
+            return held, due
+        return ([waiting, list(keep)] if waiting or keep else None), due
 
 
 def make_join_head(step: Any) -> TimedHead:

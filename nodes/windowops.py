@@ -64,6 +64,32 @@ class TimedHead(Head):
         raise NotImplementedError
 
     def advance(self, watermark: int, state: dict, touched: set) -> Records:
+        """Fire what ``watermark`` closes, key by key (:meth:`fire`), once it reaches the
+        earliest time a key has work; a watermark not above the last does nothing."""
+        before, due = clock(state)
+        if watermark <= before:
+            return []
+        out: Records = []
+        if watermark >= due:
+            due = MAX_TIME
+            for key in [k for k in state if k is not CLOCK]:
+                held = state[key]
+                kept, key_due = self.fire(key, held, before, watermark, out)
+                due = min(due, key_due)
+                if kept is not held:
+                    touched.add(key)
+                    if kept:
+                        state[key] = kept
+                    else:
+                        del state[key]
+        set_clock(state, touched, watermark, due)
+        return out
+
+    def fire(self, key: Any, held: Any, before: int, watermark: int,
+             out: Records) -> tuple[Any, int]:
+        """One key's state as the watermark moves from ``before`` to ``watermark``: add what
+        fires to ``out``; return what stays (``held`` itself if nothing changed, empty to
+        drop the key) and the next time it has work (MAX_TIME: none)."""
         raise NotImplementedError
 
 
@@ -246,33 +272,18 @@ class WindowHead(TimedHead):
             set_clock(state, touched, watermark, due)
         return out, late
 
-    def advance(self, watermark: int, state: dict, touched: set) -> Records:
-        before, due = clock(state)
-        if watermark <= before:
-            return []
-        out: Records = []
-        if watermark >= due:
-            size, lateness, agg = self.size, self.lateness, self.agg
-            due = MAX_TIME
-            for key, windows in list(state.items()):
-                if key is CLOCK:
-                    continue
-                changed = False
-                for start in sorted(windows):
-                    end = start + size
-                    if before < end <= watermark:
-                        out += agg.outputs(key, start, end, windows[start])
-                    if end + lateness <= watermark:
-                        del windows[start]
-                        changed = True
-                    else:
-                        due = min(due, end if end > watermark else end + lateness)
-                if changed:
-                    touched.add(key)
-                    if not windows:
-                        del state[key]
-        set_clock(state, touched, watermark, due)
-        return out
+    def fire(self, key: Any, held: Any, before: int, watermark: int,
+             out: Records) -> tuple[Any, int]:
+        size, lateness, due = self.size, self.lateness, MAX_TIME
+        kept = {}
+        for start in sorted(held):
+            end = start + size
+            if before < end <= watermark:
+                out += self.agg.outputs(key, start, end, held[start])
+            if end + lateness > watermark:
+                kept[start] = held[start]
+                due = min(due, end if end > watermark else end + lateness)
+        return (held if len(kept) == len(held) else kept), due
 
 
 # -- sessions --------------------------------------------------------------------------------
@@ -325,33 +336,18 @@ class SessionHead(TimedHead):
             set_clock(state, touched, watermark, due)
         return [], late
 
-    def advance(self, watermark: int, state: dict, touched: set) -> Records:
-        before, due = clock(state)
-        if watermark <= before:
-            return []
-        out: Records = []
-        if watermark >= due:
-            gap, agg, lateness = self.gap, self.agg, self.lateness
-            due = MAX_TIME
-            for key, sessions in list(state.items()):
-                if key is CLOCK:
-                    continue
-                keep = []
-                for session in sessions:
-                    start, last, acc = session[0], session[1], session[2]
-                    if last + gap + lateness <= watermark:
-                        out += agg.outputs(key, start, last + gap, acc)
-                    else:
-                        keep.append(session)
-                        due = min(due, last + gap + lateness)
-                if len(keep) != len(sessions):
-                    touched.add(key)
-                    if keep:
-                        state[key] = keep
-                    else:
-                        del state[key]
-        set_clock(state, touched, watermark, due)
-        return out
+    def fire(self, key: Any, held: Any, before: int, watermark: int,
+             out: Records) -> tuple[Any, int]:
+        gap, lateness, due = self.gap, self.lateness, MAX_TIME
+        keep = []
+        for session in held:
+            start, last, acc = session[0], session[1], session[2]
+            if last + gap + lateness <= watermark:
+                out += self.agg.outputs(key, start, last + gap, acc)
+            else:
+                keep.append(session)
+                due = min(due, last + gap + lateness)
+        return (held if len(keep) == len(held) else keep), due
 
 
 def make_window_head(step: Any) -> TimedHead:
