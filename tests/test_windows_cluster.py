@@ -1,5 +1,6 @@
-"""Windows and joins on real daemons: the rows, late records and join pairs of
-``nodes.testing.run``, also when a daemon is killed mid-flow (event time, issue 11)."""
+"""Windows and joins on real daemons: the rows (tumbling, sliding, session), late records
+and join pairs of ``nodes.testing.run``, also when a daemon is killed mid-flow (event
+time, issue 11); windows over live data with idle ingest partitions."""
 
 from __future__ import annotations
 
@@ -41,6 +42,8 @@ per_10s.sink(sinks.table(), name="counts")
 per_10s.late.sink(sinks.files("late"), name="late")
 sessions = users.map_values(lambda c: 1).window(windows.session(td(seconds=3))).sum()
 sessions.sink(sinks.table(), name="sessions")
+sliding = users.window(windows.sliding(td(seconds=20), td(seconds=5))).count()
+sliding.sink(sinks.table(), name="sliding")
 buys = (flow.source(sources.jsonl("buys/*.jsonl"))
             .event_time(lambda b: b["ts"], max_delay=td(seconds=1))
             .key_by(lambda b: b["user"]))
@@ -119,6 +122,7 @@ def test_windows_on_three_daemons_equal_the_local_runner_through_a_kill(
 
     assert cluster_rows(cluster, "n2", "counts") == counts
     assert cluster_rows(cluster, "n0", "sessions") == local_rows(local, "sessions")
+    assert cluster_rows(cluster, "n1", "sliding") == local_rows(local, "sliding")
     assert lines(tmp_path, "late") == expected_late  # every late record once, none else
     assert lines(tmp_path, "pairs") == expected_pairs
 
