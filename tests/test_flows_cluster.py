@@ -307,6 +307,7 @@ def test_whole_cluster_killed_mid_flow_resumes_exactly(cluster: Cluster, tmp_pat
     assert submit(cluster, "n2", write(tmp_path, "wc.py", WORDCOUNT)).returncode == 0
     wait_for(lambda: sum(s["records_in"] for s in flow_record(cluster, "n0", "wordcount")
                          ["local"].values()) > 0, 30, message="n0 is processing")
+    assert flow_record(cluster, "n1", "wordcount")["status"] == "running"  # mid-flow
     for node in THREE:
         cluster.kill(node, signal.SIGKILL)
     for node in THREE:

@@ -37,7 +37,7 @@ def test_wordcount_is_two_stages_cut_at_key_by():
         (1, "keyed", None, "count", (0,), (), ("table",), True),
     ]
     assert list(p.sources) == ["source"] and list(p.sinks) == ["table"]
-    msgpack.packb(p.describe())
+    assert msgpack.unpackb(msgpack.packb(p.describe())) == p.describe()
 
 
 def test_source_stage_sends_one_partial_per_key_over_all_batches_of_a_commit():
@@ -60,7 +60,7 @@ def test_keyed_stage_merges_partials_into_state_and_reports_touched_keys():
     assert outbox.touched == {"a", "b"}
     assert outbox.drain() == {"table": [("a", 7), ("b", 1), ("b", 5)]}
     assert outbox.touched == set()
-    msgpack.packb(state)  # count state is msgpack-able as it is
+    assert msgpack.unpackb(msgpack.packb(state)) == state  # count state is msgpack-able
 
 
 def test_filter_inspect_map_values_run_before_the_shuffle():
@@ -127,8 +127,9 @@ def test_stage_descriptions_and_splits_are_msgpack_able(tmp_path):
     flow = Flow("f", base_dir=tmp_path)
     flow.source(sources.files("*.txt")).sink(sinks.files("out"))
     p = plan(flow)
-    msgpack.packb(p.describe())
-    msgpack.packb(p.sources["source"].splits(4))
+    assert msgpack.unpackb(msgpack.packb(p.describe())) == p.describe()
+    splits = p.sources["source"].splits(4)
+    assert msgpack.unpackb(msgpack.packb(splits)) == splits
     assert p.sinks["files"].file_for(3) == tmp_path / "out" / "part-00003.jsonl"
 
 

@@ -57,7 +57,7 @@ def test_splits_read_every_line_exactly_once(tmp_path_factory, files, parallelis
     expected = write(directory, files)
     src = bound(sources.files("*.txt", min_split_bytes=1), directory)
     splits = src.splits(parallelism)
-    msgpack.packb(splits)  # splits travel between daemons
+    assert msgpack.unpackb(msgpack.packb(splits)) == splits  # splits travel between daemons
     assert read_all(src, splits, max_records) == expected
 
 
@@ -160,7 +160,7 @@ def test_jsonl_values_blank_lines_and_errors(tmp_path):
 def test_generate_splits_cover_the_range(count, parallelism):
     src = sources.generate(count, lambda i: i * 2)
     splits = src.splits(parallelism)
-    msgpack.packb(splits)
+    assert msgpack.unpackb(msgpack.packb(splits)) == splits
     assert len(splits) == min(count, parallelism)
     for max_records in (1, 4, 1000):
         assert read_all(src, splits, max_records) == [i * 2 for i in range(count)]
@@ -236,7 +236,7 @@ def test_file_splits_carry_size_and_digest_hashed_once(tmp_path, hashes):
     assert [(s["path"], s["size"], s["digest"]) for s in splits] == \
         [(str(tmp_path / "a.txt"), len(data), digest)] * 8 + \
         [(str(tmp_path / "b.txt"), 2, xxhash.xxh3_64(b"b\n").hexdigest())]
-    msgpack.packb(splits)  # they travel in the flow's record
+    assert msgpack.unpackb(msgpack.packb(splits)) == splits  # they travel in the flow's record
     assert hashes == [str(tmp_path / "a.txt"), str(tmp_path / "b.txt")]  # once per file
     expected = data.decode().split("\n")[:-1] + ["b"]
     assert read_all(src, splits, 7) == expected  # each read checks the file ...

@@ -16,7 +16,7 @@ takeover activates its partition fenced, then opens it: lets it release):
 
 Covered: a primary leaves (5 members); a 3|2 cut and its heal (the minority steps
 down, the majority runs only what the availability rule allows); random cuts, heals,
-crashes, restarts and stale or wrong views: 120 events on 40 members, 300 on 12 with
+crashes, restarts and stale or wrong views: 120 events on 40 members, 200 on 12 with
 R=3.
 """
 
@@ -344,7 +344,7 @@ def test_a_cut_3_2_runs_only_what_the_majority_may_and_heals_to_one_owner_each(
 
 
 @pytest.mark.parametrize("seed,members,partitions,replicas,events", [
-    (1, 40, 16, 2, 120), (2, 12, 16, 3, 300)])
+    (1, 40, 16, 2, 120), (2, 12, 16, 3, 200)])
 def test_random_cuts_crashes_and_stale_views_keep_one_writer_and_one_history(
         make_sim: Any, seed: int, members: int, partitions: int, replicas: int,
         events: int) -> None:

@@ -265,7 +265,8 @@ def test_partitions_must_be_a_power_of_two_in_range(bad) -> None:
 
 @pytest.mark.parametrize("good", [1, 2, 256, 65536])
 def test_valid_partition_counts_pass(good: int) -> None:
-    validate_partitions(good)
+    assert validate_partitions(good) is None  # no error ...
+    assert [len(s) for s in place(["a", "b"], good, 2)] == [2] * good  # ... and it places
 
 
 @pytest.mark.parametrize("bad", [0, -1, 1.5, "2", None])

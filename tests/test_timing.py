@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import msgpack
 import pytest
 
 from daemon.broadcast import BroadcastQueue
@@ -108,9 +109,10 @@ def test_broadcast_queue_respects_the_byte_budget():
     q = BroadcastQueue()
     for i in range(100):
         q.queue(f"n{i}", {"n": f"n{i}", "pad": "x" * 50})
+    size = len(msgpack.packb({"n": "n10", "pad": "x" * 50}, use_bin_type=True)) + 1
     taken = q.take(limit=3, budget=600)
-    assert 0 < len(taken) < 100
-    assert sum(len(str(t)) for t in taken) < 1000
+    assert len(taken) == 600 // size  # as many as fit, each counted packed plus one byte
+    assert sum(len(msgpack.packb(t, use_bin_type=True)) + 1 for t in taken) <= 600
 
 
 def test_memory_network_drops_duplicates_and_partitions_deterministically():

@@ -2,10 +2,13 @@
 
 Three local daemons (``--preset local``, R=2, ``--partitions`` 256, real processes on
 127.0.0.1, see tests/daemons.py) run ``sources.ingest("bench") -> key_by -> count
--> table``. Records are small dicts ``{"k": "key<v mod 1000>", "v": v}``, every
-``v`` sent once, so the table must equal the ``Counter`` of the keys sent: checked
-after every run (the count stage lags the acknowledgement, so we wait for it and
-print how long it took). Producers run in processes of their own.
+-> table`` and, beside it, ``filter(has "log") -> sinks.log()`` named "out". Records
+are small dicts ``{"k": "key<v mod 1000>", "v": v}``, every ``v`` sent once, so the
+table must equal the ``Counter`` of the keys sent: checked after every run (the count
+stage lags the acknowledgement, so we wait for it and print how long it took). Only
+the latency part's records carry ``"log": 1`` and reach the log (so throughput and
+kill figures do not pay for the log, only for the filter). Producers and the log
+follower run in processes of their own.
 
 1. Throughput: one ``daemon.producer.Producer`` (batches of 1 000) sends
    ``--records`` records, timed from its first send to ``flush()`` returning (every
@@ -25,7 +28,14 @@ print how long it took). Producers run in processes of their own.
    acknowledgement (``acked_upto`` passing it), and the rate achieved (records / time
    to the last acknowledgement). A backlog stays in the producer's queue (never
    dropped), so an offered rate not held shows as growing latency and a lower
-   achieved rate.
+   achieved rate. Also p50/p99/max from the scheduled time to the record appearing
+   in ``gossipflow tail bench --sink out --from end --follow``: a follower process
+   runs during each measurement with ``daemon.consumer.Consumer`` (the same ``log``
+   requests tail sends: from the end, polling again at once while records come, else
+   after tail's default ``--interval`` 0.2 s), notes ``time.time()`` as each record
+   appears (the schedule converted to the same clock), and counts what it saw: every
+   record exactly once, or the run is not exact. The follower's polls load the
+   daemons too, so the acknowledgement figures include that.
 3. Kill -9 of the producer's primary (from the ``ring`` placement and
    ``daemon.ingest.producer_partition``) ``--kill-after`` s into ``--kill-seconds``
    of ``--kill-rate`` records/s offered through another daemon: the longest gap
@@ -33,8 +43,9 @@ print how long it took). Producers run in processes of their own.
    table exact afterwards.
 
 Every daemon started is stopped (by pid / process group) at the end, also on
-failure or Ctrl-C. Exits 1 if a table was not exact; a figure short of the issue's
-target is printed as such, not a failure.
+failure or Ctrl-C; so is every helper process (by pid). Exits 1 if a table or the
+log was not exact; a figure short of the issue's target is printed as such, not a
+failure.
 
     python scripts/benchmarks/ingest.py [--records 300000] [--seconds 5]
         [--rates 1000,10000,50000] [--routes forwarded] [--in-flight 16]
@@ -75,17 +86,27 @@ TARGET = 250_000
 """Records/s the issue asks of one producer."""
 LATENCY_GOAL = 0.050
 """Seconds: the issue's goal for p99 at 10 000 records/s."""
+TAIL_INTERVAL = 0.2
+"""Seconds between polls of the log while nothing new comes: ``gossipflow tail``'s
+``--interval`` default."""
+FOLLOW_WAIT = 30.0
+"""Seconds the follower may take after the sender's flush to see every record."""
 FLOW = f"""
 from nodes import Flow, sources, sinks
 flow = Flow("bench")
-(flow.source(sources.ingest({INGEST!r}))
-     .key_by(lambda r: r["k"]).count().sink(sinks.table()))
+records = flow.source(sources.ingest({INGEST!r}))
+records.key_by(lambda r: r["k"]).count().sink(sinks.table())
+records.filter(lambda r: "log" in r).sink(sinks.log(), name="out")
 """
 CLOCK_TICK = os.sysconf("SC_CLK_TCK")
 
 
-def record(v: int) -> dict:
-    return {"k": f"key{v % KEYS}", "v": v}
+def record(v: int, logged: bool = False) -> dict:
+    """Record ``v``; ``logged``: it also goes to the log sink "out"."""
+    out = {"k": f"key{v % KEYS}", "v": v}
+    if logged:
+        out["log"] = 1
+    return out
 
 
 def keys_of(first: int, n: int) -> Counter:
@@ -197,9 +218,10 @@ class _TimedProducer(Producer):
 
 def _open_loop(conn: Connection, nodes: list[str], producer_id: str, first: int,
                rate: float, seconds: float, linger: float, in_flight: int,
-               timeout: float) -> None:
+               timeout: float, logged: bool) -> None:
     """Offer record k (0-based) at t0 + k / rate, never waiting for acknowledgements
-    (they are taken as they come, between sends); then flush."""
+    (they are taken as they come, between sends); then flush. The result has t0 on both
+    clocks (monotonic and time.time())."""
     total = int(rate * seconds)
     producer = _TimedProducer(INGEST, nodes, producer_id=producer_id, batch=BATCH,
                               in_flight=in_flight, linger=linger, timeout=timeout,
@@ -208,6 +230,7 @@ def _open_loop(conn: Connection, nodes: list[str], producer_id: str, first: int,
     conn.recv()
     cpu = time.process_time()
     t0 = time.monotonic() + 0.005
+    t0_wall = time.time() + (t0 - time.monotonic())
     conn.send(("started", t0))
     sent, behind, late = 0, 0.0, []
     while sent < total:
@@ -219,7 +242,7 @@ def _open_loop(conn: Connection, nodes: list[str], producer_id: str, first: int,
             if lag > 0.010:
                 late.append((round(now - t0, 3), round(lag, 3)))
             for v in range(first + sent, first + due):
-                producer.send(record(v))
+                producer.send(record(v, logged))
             sent = due
         producer.poll()  # cuts a batch older than linger, takes answers
         producer._pump(0.001)  # wait for answers up to 1 ms (the schedule's tick)
@@ -232,11 +255,37 @@ def _open_loop(conn: Connection, nodes: list[str], producer_id: str, first: int,
         latencies.extend(when - t0 - (s - 1) / rate for s in range(previous + 1, upto + 1))
         previous = upto
     conn.send(("done", {
-        "t0": t0, "total": total, "mark": mark, "accepted": producer.accepted,
+        "t0": t0, "t0_wall": t0_wall, "total": total, "mark": mark, "accepted": producer.accepted,
         "behind": behind, "late": late, "handed": handed - t0,
         "acks": [when - t0 for when, _ in producer.acks], "latencies": sorted(latencies),
         "ack_marks": [upto for _, upto in producer.acks],
         "most_waiting": producer.most_waiting, "cpu": cpu}))
+
+
+def _follow(conn: Connection, nodes: list[str], first: int, total: int) -> None:
+    """``gossipflow tail bench --sink out --from end --follow`` with a Consumer: note
+    time.time() as each record of values first .. first + total - 1 appears, until all
+    have appeared or the parent says stop; then one more poll (a late duplicate)."""
+    from daemon.consumer import Consumer
+
+    consumer = Consumer("bench", nodes, sink="out", offsets="end", poll_every=TAIL_INTERVAL)
+    consumer.poll()  # from the end: where each partition's log ends now
+    conn.send(("ready",))
+    seen: list[tuple[int, float]] = []  # (v, when it appeared)
+    distinct, other, last = set(), 0, False
+    while not last:
+        last = len(distinct) >= total or conn.poll()
+        batch = consumer.poll()
+        now = time.time()
+        for _, _, r in batch:
+            if first <= r["v"] < first + total:
+                seen.append((r["v"], now))
+                distinct.add(r["v"])
+            else:
+                other += 1
+        if not batch and not last:
+            time.sleep(TAIL_INTERVAL)
+    conn.send(("done", seen, other, consumer.dropped))
 
 
 # ---------------------------------------------------------------- /proc
@@ -420,17 +469,36 @@ class Bench:
         return rate, cpu
 
     def open_loop(self, producer_id: str, nodes: list[str], rate: float, seconds: float,
-                  during: Callable[[float], None] | None = None) -> dict:
+                  during: Callable[[float], None] | None = None, follow: bool = False) -> dict:
+        """One open-loop run; ``follow``: its records go to the log too, and a follower
+        times them there (``result["tail"]``: latencies, seen, exact, text)."""
         args = self.args
         total = int(rate * seconds)
-        conn = self.start(_open_loop, nodes, producer_id, self.values(total), rate, seconds,
-                          args.linger, args.in_flight, args.timeout)
+        first = self.values(total)
+        if follow:
+            follower = self.start(_follow, list(self.nodes.values()), first, total)
+            expect(follower, "ready")
+        conn = self.start(_open_loop, nodes, producer_id, first, rate, seconds,
+                          args.linger, args.in_flight, args.timeout, follow)
         expect(conn, "ready")
         conn.send("go")
         _, t0 = expect(conn, "started")
         if during is not None:
             during(t0)
         _, result = expect(conn, "done")
+        if follow:
+            if not follower.poll(FOLLOW_WAIT):
+                follower.send("stop")
+            _, seen, other, dropped = expect(follower, "done")
+            distinct = len({v for v, _ in seen})
+            exact = len(seen) == distinct == total and not other and not dropped
+            result["tail"] = {
+                "latencies": sorted(when - result["t0_wall"] - (v - first) / rate
+                                    for v, when in seen),
+                "seen": len(seen), "exact": exact,
+                "text": f"seen {len(seen)} of {total}: {total - distinct} missing, "
+                        f"{len(seen) - distinct} more than once, {other} not of this run, "
+                        f"{dropped} dropped by retention"}
         self.stop_children()
         return result
 
@@ -514,34 +582,45 @@ def latency_part(bench: Bench) -> int:
     args, failures = bench.args, 0
     print(f"\n2. Latency, open loop: record k offered at t0 + k/rate (never waiting for "
           f"acks), {args.seconds:g} s per rate, linger {args.linger * 1000:g} ms, "
-          f"in_flight {args.in_flight}; from the scheduled time to the acknowledgement")
-    print(f"{'route':<11}{'offered/s':>10}{'records':>9}{'achieved/s':>11}{'p50 ms':>9}"
-          f"{'p99 ms':>9}{'max ms':>9}{'sender late ms':>15}{'queued batches':>15}"
+          f"in_flight {args.in_flight}; from the scheduled time to the acknowledgement "
+          f"(ack) and to the record appearing in `tail --follow` of the log sink (tail)")
+    print(f"{'route':<11}{'offered/s':>10}{'records':>9}{'achieved/s':>11}{'ack p50 ms':>11}"
+          f"{'ack p99 ms':>11}{'ack max ms':>11}{'tail p50 ms':>12}{'tail p99 ms':>12}"
+          f"{'tail max ms':>12}{'tail seen':>10}{'sender late ms':>15}{'queued batches':>15}"
           f"{'exact':>7}")
     p99_at_10k = {}
     for route in args.routes:
         for rate in args.rates:
             producer_id = bench.producer_id(f"bench-lat-{route}-{rate}")
             r = bench.open_loop(producer_id, bench.route(producer_id, route), rate,
-                                args.seconds)
+                                args.seconds, follow=True)
             exact, _ = bench.wait_exact()
-            failures += not exact
-            lat = r["latencies"]
+            tail = r["tail"]
+            failures += (not exact) + (not tail["exact"])
+            lat, tail_lat = r["latencies"], tail["latencies"] or [float("nan")]
             achieved = r["total"] / r["acks"][-1]
             p99 = quantile(lat, 0.99)
             if rate == 10_000:
-                p99_at_10k[route] = p99
+                p99_at_10k[route] = p99, quantile(tail_lat, 0.99)
             print(f"{route:<11}{rate:>10,}{r['total']:>9}{achieved:>11,.0f}"
-                  f"{1000 * quantile(lat, 0.5):>9.1f}{1000 * p99:>9.1f}"
-                  f"{1000 * lat[-1]:>9.1f}{1000 * r['behind']:>15.1f}"
+                  f"{1000 * quantile(lat, 0.5):>11.1f}{1000 * p99:>11.1f}"
+                  f"{1000 * lat[-1]:>11.1f}{1000 * quantile(tail_lat, 0.5):>12.1f}"
+                  f"{1000 * quantile(tail_lat, 0.99):>12.1f}{1000 * tail_lat[-1]:>12.1f}"
+                  f"{tail['seen']:>10}{1000 * r['behind']:>15.1f}"
                   f"{r['most_waiting']:>15}{'yes' if exact else 'NO':>7}", flush=True)
-    for route, p99 in p99_at_10k.items():
+            if not tail["exact"]:
+                print(f"  the log as tail --follow saw it is NOT exact: {tail['text']}")
+    for route, p99s in p99_at_10k.items():
         print(f"goal (issue 10): p99 under {LATENCY_GOAL * 1000:g} ms at 10 000 records/s, "
-              f"{route}: {'met' if p99 < LATENCY_GOAL else 'NOT met'} "
-              f"(p99 {1000 * p99:.1f} ms)")
-    print("(achieved/s: records / time from t0 to the last acknowledgement; sender late: "
+              f"{route}: " + ", ".join(
+                  f"to the {what} {'met' if p99 < LATENCY_GOAL else 'NOT met'} "
+                  f"(p99 {1000 * p99:.1f} ms)" for what, p99 in zip(("ack", "tail"), p99s)))
+    print("(achieved/s: records / time from t0 to the last acknowledgement; tail: a "
+          "follower process with daemon.consumer.Consumer, tail's log requests from the end, "
+          f"polling again at once while records come, else after {TAIL_INTERVAL:g} s as "
+          "tail's --interval; tail seen: records it saw, each once when exact; sender late: "
           "how far the sender fell behind its schedule; queued batches: most batches "
-          "waiting for a free in-flight slot)")
+          "waiting for a free in-flight slot; exact: the table)")
     return failures
 
 
