@@ -131,12 +131,13 @@ from nodes.flow import HEADS, KEY_PRESERVING, TIMED_OPS, Flow, Step, expand
 from nodes.joins import LEFT, RIGHT, make_join_head
 from nodes.operators import compile_counting_key_by, compile_stateless
 from nodes.sinks import Sink
-from nodes.sources import Source
+from nodes.sources import IngestSource, Source
 from nodes.stage import (
     Outbox,
     Output,
     Stage,
     op_combine,
+    op_combine_rows,
     op_count_keys,
     op_emit,
     op_emit_sided,
@@ -287,8 +288,11 @@ class _Planner:
         entries.sort(key=lambda e: (e[0], e[1]))
         self.stage_of = {(kind, id(s)): i for i, (_, _, kind, s) in enumerate(entries)}
         stages = []
+        steady = not any(  # no input may go idle: windows may combine before a shuffle
+            (s.kind == "source" and isinstance(s.arg, IngestSource))
+            or (s.kind == "event_time" and s.arg.idle_after is not None) for s in self.steps)
         for i, (_, _, kind, anchor) in enumerate(entries):
-            head = _make_head(anchor) if kind == "keyed" else None
+            head = _make_head(anchor, steady) if kind == "keyed" else None
             name = anchor.name if kind != "shuffle" else f"shuffle:{anchor.name}"
             stages.append(Stage(i, name, kind, anchor.name if kind == "source" else None,
                                 head, anchor if kind == "keyed" else None))
@@ -420,7 +424,8 @@ class _Planner:
                 head = self.heads.get(t)
                 if head is not None and getattr(head, "timed", False):
                     for side in self._sides(m, self.stage_head[t]):
-                        program.append(op_emit(t, [slot[id(m)]]) if side is None
+                        program.append(op_combine_rows(head, t, slot[id(m)]) if head.partials
+                                       else op_emit(t, [slot[id(m)]]) if side is None
                                        else op_emit_sided(t, slot[id(m)], side))
                     continue
                 for _ in range(times if head is not None else 1):
@@ -463,9 +468,9 @@ class _Planner:
         return False
 
 
-def _make_head(step: Step) -> Head:
+def _make_head(step: Step, steady: bool = False) -> Head:
     if step.kind == "window":
-        return make_window_head(step)
+        return make_window_head(step, combine=steady)
     if step.kind in TIMED_OPS:
         return make_join_head(step)
     return make_head(step)

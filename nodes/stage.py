@@ -300,6 +300,13 @@ def op_emit_sided(output: Output, rows: int, side: str) -> Callable:
     return op
 
 
+def op_combine_rows(head: Any, target: int, rows: int) -> Callable:
+    """Timed rows into a window stage's partials (it combines before the shuffle)."""
+    def op(slots: list, outbox: Outbox) -> None:
+        head.combine_rows(outbox.partials[target], slots[rows])
+    return op
+
+
 def op_combine(head: Head, target: int, cols: int | None, tuples: int) -> Callable:
     if cols is not None:
         def op(slots: list, outbox: Outbox) -> None:

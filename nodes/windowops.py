@@ -39,6 +39,9 @@ from nodes.windows import Session, Tumbling, Windowed, Windower
 
 CLOCK = None
 """The state key of a timed head's own ``[watermark, due]`` (user keys are str/bytes)."""
+COMBINED = MIN_TIME - 2
+"""The bound of a row ``(key, window start, COMBINED, partial)``: what the sending side
+combined for one window of count, sum or reduce (see :class:`WindowPartials`)."""
 _first = itemgetter(0)
 Records = list
 
@@ -191,17 +194,72 @@ class FoldAgg(Agg):
 
 AGGS = {"count": CountAgg, "sum": SumAgg, "reduce": ReduceAgg, "fold": FoldAgg,
         "collect": CollectAgg}
+COMBINABLE = (CountAgg, SumAgg, ReduceAgg)
+"""Accumulators whose partials merge: a window of them may be combined before a shuffle."""
 
 
 # -- tumbling and sliding --------------------------------------------------------------------
 
-class WindowHead(TimedHead):
-    """Tumbling or sliding windows per key: ``state[key] = {start: accumulator}``."""
+class WindowPartials(dict):
+    """A sender's rows for a window stage since its last drain: ``(key, start) ->
+    partial`` for the windows records joined, and the rows of late records as they came
+    (they keep their values: ``.late`` gets them). ``items()`` gives the rows to send."""
 
-    def __init__(self, ref: StepRef, windower: Windower, agg: Agg, allowed_lateness: int):
+    def __init__(self) -> None:
+        super().__init__()
+        self.late: Records = []
+
+    def __len__(self) -> int:
+        return dict.__len__(self) + len(self.late)
+
+    def items(self) -> Records:  # type: ignore[override]
+        return [(key, start, COMBINED, acc) for (key, start), acc in dict.items(self)] \
+            + self.late
+
+
+class WindowHead(TimedHead):
+    """Tumbling or sliding windows per key: ``state[key] = {start: accumulator}``.
+
+    With ``combine`` (count, sum or reduce without allowed lateness, in a flow whose
+    inputs never idle) the sending side combines each window's records before the
+    shuffle (:meth:`combine_rows`): which windows a record joins is decided by its bound
+    alone, and nothing reaches a window after it fired, so the rows are the same."""
+
+    def __init__(self, ref: StepRef, windower: Windower, agg: Agg, allowed_lateness: int,
+                 combine: bool = False):
         super().__init__(ref)
         self.windower, self.agg, self.lateness = windower, agg, allowed_lateness
         self.size = windower.size
+        self.partials = combine and allowed_lateness == 0 and type(agg) in COMBINABLE
+
+    def new_partials(self) -> WindowPartials:
+        return WindowPartials()
+
+    def combine_rows(self, acc: WindowPartials, rows: Records) -> None:
+        """Fold rows ``(key, ts, bound, value)`` into ``acc`` (sending side)."""
+        size, starts, first, add = self.size, self.windower.starts, self.agg.first, self.agg.add
+        get = acc.get
+        for row in rows:
+            key, ts, bound, value = row
+            joined = False
+            for start in starts(ts):
+                if start + size > bound:
+                    window = (key, start)
+                    partial = get(window)
+                    acc[window] = first(ts, value) if partial is None \
+                        else add(partial, ts, value)
+                    joined = True
+            if not joined:
+                acc.late.append(row)
+
+    def _merge(self, state: dict, key: Any, start: int, partial: Any) -> Any:
+        """A combined row into its window; returns the window's accumulator."""
+        windows = state.get(key)
+        if windows is None:
+            windows = state[key] = {}
+        acc = windows.get(start)
+        windows[start] = acc = partial if acc is None else self.agg.merge(acc, partial)
+        return acc
 
     def apply(self, batch: Records, state: dict, touched: set) -> tuple[Records, Records]:
         if isinstance(self.windower, Tumbling):
@@ -212,6 +270,11 @@ class WindowHead(TimedHead):
         out: Records = []
         late: Records = []
         for key, ts, bound, value in batch:
+            if bound == COMBINED:
+                self._merge(state, key, ts, value)
+                touched.add(key)
+                due = min(due, ts + size)
+                continue
             windows = None
             for start in starts(ts):
                 end = start + size
@@ -249,6 +312,12 @@ class WindowHead(TimedHead):
         out: Records = []
         late: Records = []
         for key, ts, bound, value in batch:
+            if bound == COMBINED:
+                self._merge(state, key, ts, value)
+                touch(key)
+                if ts + size < due:
+                    due = ts + size
+                continue
             start = ts - (ts - offset) % size
             end = start + size
             if end <= bound:
@@ -350,10 +419,11 @@ class SessionHead(TimedHead):
         return (held if len(keep) == len(held) else keep), due
 
 
-def make_window_head(step: Any) -> TimedHead:
-    """The head of a ``window`` step (its arg: WindowSpec)."""
+def make_window_head(step: Any, combine: bool = False) -> TimedHead:
+    """The head of a ``window`` step (its arg: WindowSpec); ``combine``: its inputs never
+    idle, so tumbling and sliding count, sum and reduce may combine before the shuffle."""
     spec = step.arg
     agg = AGGS[spec.agg](step.ref, step.fn, spec.init)
     if isinstance(spec.windower, Session):
         return SessionHead(step.ref, spec.windower, agg, spec.allowed_lateness)
-    return WindowHead(step.ref, spec.windower, agg, spec.allowed_lateness)
+    return WindowHead(step.ref, spec.windower, agg, spec.allowed_lateness, combine)

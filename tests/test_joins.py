@@ -14,7 +14,7 @@ from nodes.windows import Windowed
 
 S = timedelta(seconds=1)
 HERE = "test_joins.py"
-MATRIX = [(p, b, c) for p in (1, 3, 8) for b, c in ((1, 1), (2, 3), (1000, 10))]
+MATRIX = [(1, 1, 1), (3, 2, 3), (8, 1, 1), (8, 1000, 10)]
 IDS = [f"P{p}-B{b}-C{c}" for p, b, c in MATRIX]
 
 
