@@ -23,9 +23,9 @@ from nodes import load_flow
 from nodes.testing import run
 
 ROOT = Path(__file__).resolve().parent.parent
-ARGS = ["--duration", "14", "--kill-every", "2", "--down-for", "0.5", "--words", "3000000",
+ARGS = ["--duration", "12", "--kill-every", "2", "--down-for", "0.5", "--words", "1500000",
         "--seed", "4", "--timeout", "60"]
-MIN_KILLS = 4
+MIN_KILLS = 3
 LIMIT = 240.0
 """Seconds before the test gives up on the script (a normal run takes 40-60 s)."""
 
