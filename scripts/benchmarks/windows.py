@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import os
 import random
 import statistics
 import subprocess
@@ -41,8 +40,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from daemons import Cluster, free_port  # noqa: E402
+from daemons import Cluster  # noqa: E402
+from wordcount import run_bytewax  # noqa: E402
 
 FILES, KEYS = 8, 1000
 START_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
@@ -134,25 +135,9 @@ def bytewax(events: Path, out: Path, processes: int, expected: Counts) -> float:
     late_dir = out / "late"
     (out / "counts").mkdir(parents=True)
     late_dir.mkdir()
-    env = {**os.environ, "WIN_EVENTS": str(events), "WIN_OUT": str(out / "counts"),
-           "WIN_LATE": str(late_dir)}
-    addresses = ";".join(f"127.0.0.1:{free_port()}" for _ in range(processes))
-    here = Path(__file__).resolve().parent
-    start = time.perf_counter()
-    procs = [subprocess.Popen(
-        [sys.executable, "-m", "bytewax.run", "bytewax_windows:flow"]
-        + (["-i", str(i), "-a", addresses] if processes > 1 else []),
-        cwd=here, env=env, start_new_session=True) for i in range(processes)]
-    try:
-        codes = [p.wait(timeout=1800) for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    took = time.perf_counter() - start
-    if any(codes):
-        raise SystemExit(f"bytewax exited with {codes}")
+    took = run_bytewax("bytewax_windows:flow", processes,
+                       {"WIN_EVENTS": str(events), "WIN_OUT": str(out / "counts"),
+                        "WIN_LATE": str(late_dir)}, timeout=1800)
     got: Counts = {}
     for path in (out / "counts").iterdir():
         for line in path.read_text().splitlines():

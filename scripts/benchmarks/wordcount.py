@@ -76,28 +76,34 @@ def gossipflow(flow_file: Path, daemons: int, replicas: int, root: Path,
         cluster.close()
 
 
-def bytewax(corpus: Path, out: Path, processes: int, expected: Counter) -> float:
-    """The natural Bytewax word count (flat_map + count_final) on ``processes`` processes."""
-    out.mkdir()
-    env = {**os.environ, "WC_CORPUS": str(corpus), "WC_OUT": str(out)}
-    ports = [free_port() for _ in range(processes)]
-    addresses = ";".join(f"127.0.0.1:{port}" for port in ports)
-    here = Path(__file__).resolve().parent
+def run_bytewax(flow: str, processes: int, env: dict[str, str], timeout: float) -> float:
+    """Seconds to run Bytewax dataflow ``flow`` ("module:attr" in this directory) on
+    ``processes`` processes with ``env`` added; every process is stopped by pid at the
+    end, also on failure."""
+    addresses = ";".join(f"127.0.0.1:{free_port()}" for _ in range(processes))
     start = time.perf_counter()
     procs = [subprocess.Popen(
-        [sys.executable, "-m", "bytewax.run", "bytewax_wordcount:flow"]
+        [sys.executable, "-m", "bytewax.run", flow]
         + (["-i", str(i), "-a", addresses] if processes > 1 else []),
-        cwd=here, env=env, start_new_session=True) for i in range(processes)]
+        cwd=Path(__file__).resolve().parent, env={**os.environ, **env},
+        start_new_session=True) for i in range(processes)]
     try:
-        codes = [p.wait(timeout=900) for p in procs]
+        codes = [p.wait(timeout=timeout) for p in procs]
     finally:
         for p in procs:
             if p.poll() is None:
                 p.kill()
                 p.wait()
-    took = time.perf_counter() - start
     if any(codes):
         raise SystemExit(f"bytewax exited with {codes}")
+    return time.perf_counter() - start
+
+
+def bytewax(corpus: Path, out: Path, processes: int, expected: Counter) -> float:
+    """The natural Bytewax word count (flat_map + count_final) on ``processes`` processes."""
+    out.mkdir()
+    took = run_bytewax("bytewax_wordcount:flow", processes,
+                       {"WC_CORPUS": str(corpus), "WC_OUT": str(out)}, timeout=900)
     got = {}
     for path in out.iterdir():
         for line in path.read_text().splitlines():
