@@ -111,11 +111,13 @@ class ReplicaLog:
         """Learners whose snapshot has not been restored yet: nothing is sent to them."""
         self.commits: deque[tuple[int, bytes]] = deque()
         self.last = last
+        self._held_by_all = last
+        """The lowest acknowledgement of the replicas (kept: the runtime asks often)."""
 
     @property
     def durable(self) -> int:
         """The highest commit number every replica holds (all of them, with none)."""
-        return min((self.acked[m] for m in self.replicas), default=self.last)
+        return self._held_by_all if self.replicas else self.last
 
     @property
     def backlog(self) -> int:
@@ -177,6 +179,8 @@ class ReplicaLog:
         if member not in self.acked or member in self.copying:
             return
         self.acked[member] = max(self.acked[member], min(last, self.last))
+        if member in self.replicas:
+            self._held_by_all = min(self.acked[m] for m in self.replicas)
         if last < self.sent[member]:
             self.sent[member] = max(last, self.acked[member])
         self.sent[member] = max(self.sent[member], self.acked[member])

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import errno
 import gc
+import heapq
+import itertools
 import logging
 import queue
 import time
@@ -153,7 +155,14 @@ class Runtime:
         self._final: dict[str, dict] = {}  # figures of flows that stopped here
         self.published = PublishBuffer()
         self._ready: dict[TaskId, PartitionTask] = {}
-        """Tasks that may have work: checked, stepped, and kept while they still have."""
+        """Tasks that may have work now: checked, stepped, and kept while they still have."""
+        self._timers: list[tuple[float, int, PartitionTask]] = []
+        """A heap of (when, tie, task): tasks with work later (a commit interval, a
+        deletion wait), moved to ``_ready`` when due; so a step costs what is ready, not
+        what waits."""
+        self._timer_of: dict[TaskId, float] = {}
+        """Each task's earliest time in ``_timers`` (later entries of it are stale)."""
+        self._ties = itertools.count()
         self.view = View.of(me, (), (), partitions, replicas)
         """Members alive (or suspect) in our view, and placement over them."""
         self.has_view = False
@@ -184,34 +193,54 @@ class Runtime:
         next_report = 0.0
         while self._running:
             now = time.monotonic()
-            wakes = [w for t in self._ready.values() if (w := t.wake_at(now)) is not None]
-            self._drain(timeout=min([REPORT_EVERY, *wakes]) - now if wakes else REPORT_EVERY)
+            self._due(now)
+            timeout = 0.0 if self._ready else min(
+                REPORT_EVERY, self._timers[0][0] - now if self._timers else REPORT_EVERY)
+            self._drain(timeout)
             now = time.monotonic()
+            self._due(now)
             ready, self._ready = self._ready, {}
-            stepped: dict[TaskId, PartitionTask] = {}
             # Tasks with shuffled input before sources (what is in flight drains before more
             # is read, and a source's long step never makes it wait a round), then the one
             # that stepped longest ago first: sources share what the pressure allows.
             tasks = iter(sorted(ready.values(), key=lambda t: (t.stage.kind == "source",
                                                                 t.stepped_at)))
             for task in tasks:
+                if not self._current(task):
+                    continue
                 wake = task.wake_at(now)
-                if wake is not None and wake <= now and self._current(task):
+                if wake is not None and wake <= now:
                     task.stepped_at = now
                     self._step(task)
-                    wake = task.wake_at(now)
-                if wake is not None and self._current(task):
-                    stepped[task.id] = task
+                    wake = task.wake_at(now) if self._current(task) else None
+                if wake is not None:
+                    self._wake(task, wake)
                 if not self._running or time.monotonic() - now > STEP_BUDGET:
                     break
             self._ready.update({t.id: t for t in tasks})  # not reached: next time
-            self._ready.update(stepped)
             self._flush()
             now = time.monotonic()
             if now >= next_report:
                 next_report = now + REPORT_EVERY
                 self._housekeeping(now)
                 self._flush()
+
+    def _wake(self, task: PartitionTask, at: float) -> None:
+        """Step ``task`` next at ``at`` (now or later)."""
+        if at <= time.monotonic():
+            self._ready[task.id] = task
+        elif at < self._timer_of.get(task.id, float("inf")):
+            self._timer_of[task.id] = at
+            heapq.heappush(self._timers, (at, next(self._ties), task))
+
+    def _due(self, now: float) -> None:
+        """Move the tasks whose time came to ``_ready``."""
+        timers = self._timers
+        while timers and timers[0][0] <= now:
+            at, _, task = heapq.heappop(timers)
+            if self._timer_of.get(task.id) == at:
+                del self._timer_of[task.id]
+                self._ready[task.id] = task
 
     def _drain(self, timeout: float) -> None:
         """Handle everything posted; wait up to ``timeout`` seconds for the first item."""
@@ -573,8 +602,8 @@ class Runtime:
                     break
                 if task.log.commits:
                     self._to_replicate.add(task)
-                if task.id not in self._ready and task.wake_at(now) is not None:
-                    self._ready[task.id] = task  # e.g. a source the pressure held back
+                if task.id not in self._ready and (wake := task.wake_at(now)) is not None:
+                    self._wake(task, wake)  # e.g. a source the pressure held back
             else:
                 self._report(running)
 

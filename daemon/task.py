@@ -73,6 +73,10 @@ MAX_UNREPLICATED = 4
 COMMIT_INTERVAL = 0.05
 """Seconds a shuffled batch may wait for others to share its commit (latency traded for
 fewer, larger commits, as Flink's checkpoint interval does)."""
+DELETES_WAIT = 1.0
+"""Seconds the deletion of acknowledged outbox entries may wait for a commit that makes
+other changes (a commit of deletions alone costs as much as any): an entry not deleted
+yet is sent again only after a crash, and its receiver drops it."""
 STATE, TABLE, LOG = b"s", b"t", b"l"
 EOS_SENT = "eos"
 PRODUCER = "p:"
@@ -338,7 +342,7 @@ class PartitionTask:
             self.released, self.log_durable = started_with, dict(self.logs)
         self.sent: dict[str, int] = {}  # destination -> highest sequence sent, not yet acked
         self.acked: list[tuple[str, int]] = []  # outbox entries to delete in the next commit
-        self._acked_upto: dict[str, int] = {}  # destination -> highest sequence in acked
+        self.acked_at = 0.0  # when the oldest of them was acknowledged
         self.inbox: deque[Inbound] = deque()
         self.inbox_records = 0
         self.inbox_since = 0.0  # when the oldest queued batch arrived
@@ -415,16 +419,20 @@ class PartitionTask:
     def done(self) -> bool:
         """All input consumed, end-of-stream sent, and every output acknowledged."""
         return self.idle or (bool(self.offsets.get(EOS_SENT)) and not self.pending_count
-                             and self.log.durable >= self.number and not self.fenced)
+                             and not self.acked and self.log.durable >= self.number
+                             and not self.fenced)
 
     def wake_at(self, now: float) -> float | None:
         """When this task should step next: ``now`` or earlier for at once, a later time
         to let more input gather into one commit, None when it has nothing to do."""
         if self.paused or self.log.backlog >= MAX_UNREPLICATED:
             return None  # the replicas' answers wake us
-        if self.acked:
-            return now
+        if self.acked and (self.offsets.get(EOS_SENT) or len(self.acked) >= WINDOW * 64):
+            return now  # done but for the deletions, or many of them
         later = self._segments_due() if self.segments else None
+        if self.acked:
+            due = self.acked_at + DELETES_WAIT
+            later = due if later is None else min(due, later)
         if self.inbox:  # even when done: late duplicates must be answered
             if self.inbox_records >= self.ctx.batch_size * BATCHES_PER_COMMIT \
                     or self.inbox[-1].eos or self.offsets.get(EOS_SENT) or self.ingesting:
@@ -892,6 +900,8 @@ class PartitionTask:
                         self.broken = f"files sink cannot write {path}: {err}"
                     return
                 segment.written = closed
+                if not self.acked:
+                    self.acked_at = self.ctx.clock()
                 self.acked.extend((dest, seq) for seq in range(first, closed + 1))
 
     # ------------------------------------------------------------------ network
@@ -902,27 +912,33 @@ class PartitionTask:
         A destination's sequences are consecutive and its queue holds them from the
         oldest not yet deleted, so the window is ``first .. first + WINDOW - 1``."""
         for dest in list(self.unsent):
-            queue = self.pending.get(dest)
-            if not queue or dest.startswith(SEGMENT):
-                self.unsent.discard(dest)
-                continue
-            first = queue[0][0]
-            sent = max(self.sent.get(dest, 0), first - 1)
-            upto = min(self.released.get(dest, 0), first + WINDOW - 1, queue[-1][0])
-            if len(queue) != queue[-1][0] - first + 1:  # a hole: never in one history
-                self.broken = (f"outbox to {dest} lacks sequences between {first} and "
-                               f"{queue[-1][0]}: its copies do not hold one history")
-                log.error("event=outbox_hole task=%s dest=%s first=%d last=%d entries=%d",
-                          self.id, dest, first, queue[-1][0], len(queue))
-                self.unsent.discard(dest)
-                continue
-            while sent < upto:
-                if not self.ctx.send(self.id, dest, sent + 1, queue[sent + 1 - first][1]):
-                    self.sent[dest] = sent
-                    return  # the receiving member has enough queued: later
-                sent += 1
-            self.sent[dest] = sent
+            if not self._pump_to(dest):
+                return  # the receiving member has enough queued: later
+
+    def _pump_to(self, dest: str) -> bool:
+        """Send what may go to ``dest`` now; False if the network refused some of it."""
+        queue = self.pending.get(dest)
+        if not queue or dest.startswith(SEGMENT):
             self.unsent.discard(dest)
+            return True
+        first = queue[0][0]
+        sent = max(self.sent.get(dest, 0), first - 1)
+        upto = min(self.released.get(dest, 0), first + WINDOW - 1, queue[-1][0])
+        if len(queue) != queue[-1][0] - first + 1:  # a hole: never in one history
+            self.broken = (f"outbox to {dest} lacks sequences between {first} and "
+                           f"{queue[-1][0]}: its copies do not hold one history")
+            log.error("event=outbox_hole task=%s dest=%s first=%d last=%d entries=%d",
+                      self.id, dest, first, queue[-1][0], len(queue))
+            self.unsent.discard(dest)
+            return True
+        while sent < upto:
+            if not self.ctx.send(self.id, dest, sent + 1, queue[sent + 1 - first][1]):
+                self.sent[dest] = sent
+                return False
+            sent += 1
+        self.sent[dest] = sent
+        self.unsent.discard(dest)
+        return True
 
     def on_ack(self, dest: str, mark: int | None) -> None:
         """The receiver's high-water mark for us (None: no answer, resend later)."""
@@ -934,13 +950,18 @@ class PartitionTask:
         if mark is None:
             self.sent[dest] = min(self.sent.get(dest, 0), first - 1)
             return
-        if first <= mark:
-            upto = max(self._acked_upto.get(dest, 0), first - 1)
-            self.acked.extend((dest, seq) for seq in range(upto + 1, min(mark, last) + 1))
-            self._acked_upto[dest] = max(upto, mark)
+        if first <= mark:  # off the queue now (the window moves), out of the store later
+            if not self.acked:
+                self.acked_at = self.ctx.clock()
+            while queue and queue[0][0] <= mark:
+                seq, payload = queue.popleft()
+                self.acked.append((dest, seq))
+                self.pending_bytes -= len(payload) * (not dest.startswith(SEGMENT))
+                self.pending_count -= 1
         if mark < self.sent.get(dest, 0) and last > mark:
             # the receiver lacks something we sent (lost or refused): resend from its mark
             self.sent[dest] = mark
+        self._pump_to(dest)
 
     def status(self) -> dict[str, Any]:
         return {"stage": self.stage.id, "partition": self.partition, "done": self.done,

@@ -345,3 +345,43 @@ def test_idle_senders_leave_the_minimum_and_all_idle_gives_the_highest(store, tm
     restarted.receive(Inbound(b, 3, False, [], lambda m: None, watermark=30_000), 0.0)
     restarted.step()
     assert restarted.senders_watermark() == 30_000  # b reads again: the lowest again
+
+
+def test_an_acknowledgement_frees_the_window_at_once_and_the_store_with_a_later_commit(
+        store, tmp_path):
+    """Acknowledged outbox entries leave the send window when acknowledged; their
+    deletion waits DELETES_WAIT for a commit that changes something else, so a commit of
+    deletions alone is rare. End of stream deletes at once."""
+    from daemon.task import DELETES_WAIT, MAX_MEMBER_PENDING_BYTES, WINDOW
+
+    sent: list = []
+    now = [0.0]
+    text = FLOW.replace('generate(40, lambda i: f"a b w{i % 4}")',
+                        'generate(4000000, lambda i: f"w{i % 3}")')
+    the_plan = plan(load_flow(text, str(tmp_path / "wc.py")))
+    ctx = FlowContext("wc@1", the_plan, 1, store,
+                      lambda task, dest, seq, payload: sent.append((dest, seq)) or True,
+                      batch_size=10, clock=lambda: now[0])
+    ctx.plan_splits()
+    task = PartitionTask(ctx, the_plan.stages[0], 0)
+    for _ in range(WINDOW + 2):  # one combined entry to "1/0" per step
+        task.step()
+    assert sent == [("1/0", seq) for seq in range(1, WINDOW + 1)]  # the window is full
+    number, read = task.number, task.records_in
+
+    now[0] = 5.0
+    task.on_ack("1/0", WINDOW)
+    assert sent[WINDOW:] == [("1/0", WINDOW + 1), ("1/0", WINDOW + 2)]  # no commit needed
+    assert task.number == number and task.pending_count == 2
+    assert len(store.outbox(task.id)) == WINDOW + 2  # still stored ...
+
+    ctx.pressure.outbox_bytes = MAX_MEMBER_PENDING_BYTES  # nothing else to do: no reading
+    assert task.wake_at(now[0]) == 5.0 + DELETES_WAIT  # ... until the wait is over
+    now[0] = 5.0 + DELETES_WAIT
+    task.step()
+    assert task.number == number + 1 and task.records_in == read
+    assert [seq for _, seq, _ in store.outbox(task.id)] == [WINDOW + 1, WINDOW + 2]
+    assert task.wake_at(now[0]) is None
+
+    restarted = PartitionTask(ctx, the_plan.stages[0], 0)  # a crash: the store holds
+    assert [seq for seq, _ in restarted.pending["1/0"]] == [WINDOW + 1, WINDOW + 2]  # the rest

@@ -587,13 +587,17 @@ def latency_part(bench: Bench) -> int:
     print(f"{'route':<11}{'offered/s':>10}{'records':>9}{'achieved/s':>11}{'ack p50 ms':>11}"
           f"{'ack p99 ms':>11}{'ack max ms':>11}{'tail p50 ms':>12}{'tail p99 ms':>12}"
           f"{'tail max ms':>12}{'tail seen':>10}{'sender late ms':>15}{'queued batches':>15}"
-          f"{'exact':>7}")
+          f"{'daemons CPU':>12}{'exact':>7}")
     p99_at_10k = {}
     for route in args.routes:
         for rate in args.rates:
             producer_id = bench.producer_id(f"bench-lat-{route}-{rate}")
+            processes = daemon_processes(bench.cluster)
+            before, started = cpu_snapshot(processes), time.monotonic()
             r = bench.open_loop(producer_id, bench.route(producer_id, route), rate,
                                 args.seconds, follow=True)
+            after, took = cpu_snapshot(processes), time.monotonic() - started
+            cpu = sum(after[p] - before[p] for p in processes) / took
             exact, _ = bench.wait_exact()
             tail = r["tail"]
             failures += (not exact) + (not tail["exact"])
@@ -607,7 +611,7 @@ def latency_part(bench: Bench) -> int:
                   f"{1000 * lat[-1]:>11.1f}{1000 * quantile(tail_lat, 0.5):>12.1f}"
                   f"{1000 * quantile(tail_lat, 0.99):>12.1f}{1000 * tail_lat[-1]:>12.1f}"
                   f"{tail['seen']:>10}{1000 * r['behind']:>15.1f}"
-                  f"{r['most_waiting']:>15}{'yes' if exact else 'NO':>7}", flush=True)
+                  f"{r['most_waiting']:>15}{cpu:>11.0%} {'yes' if exact else 'NO':>6}", flush=True)
             if not tail["exact"]:
                 print(f"  the log as tail --follow saw it is NOT exact: {tail['text']}")
     for route, p99s in p99_at_10k.items():
@@ -620,7 +624,9 @@ def latency_part(bench: Bench) -> int:
           f"polling again at once while records come, else after {TAIL_INTERVAL:g} s as "
           "tail's --interval; tail seen: records it saw, each once when exact; sender late: "
           "how far the sender fell behind its schedule; queued batches: most batches "
-          "waiting for a free in-flight slot; exact: the table)")
+          "waiting for a free in-flight slot; daemons CPU: CPU time of the three daemons "
+          "and their workers (/proc) over the run's wall time, 100% = one core of the "
+          "machine's 2; exact: the table)")
     return failures
 
 
