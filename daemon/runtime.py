@@ -169,7 +169,9 @@ class Runtime:
         """Whether the event loop sent a view yet (it does once joined): until then we
         know too little of the cluster to run anything."""
         self._to_replicate: set[PartitionTask] = set()
-        self._replica_out: dict[str, list[tuple[PartitionTask, bytes]]] = {}
+        self._replica_out: dict[str, list[tuple[PartitionTask, int, bytes]]] = {}
+        """Per member, commits taken from their logs, waiting for a message: (task, number,
+        bytes)."""
         self._replicating: set[str] = set()  # members with a commits message on its way
 
     # ------------------------------------------------------------------ from other threads
@@ -424,6 +426,7 @@ class Runtime:
         for task in running.deactivate(p):
             task.abandon()
             self._ready.pop(task.id, None)
+            self._timer_of.pop(task.id, None)
             self._resuming.pop(task.id, None)
             self._to_replicate.discard(task)
 
@@ -501,6 +504,7 @@ class Runtime:
         running.owner.stop()
         for task in running.tasks.values():
             task.abandon()
+            self._timer_of.pop(task.id, None)
         return running
 
     def _send(self, task_id: TaskId, dest: str, seq: int, payload: bytes) -> bool:
@@ -547,22 +551,22 @@ class Runtime:
             for member in task.log.members:
                 if task.log.wants(member):
                     self._replica_out.setdefault(member, []).extend(
-                        (task, data) for _, data in task.log.take(member))
+                        (task, number, data) for number, data in task.log.take(member))
         self._to_replicate.clear()
         for member, waiting in self._replica_out.items():
             if member in self._replicating or not waiting:
                 continue
-            items = _take(waiting, lambda item: len(item[1]))
+            items = _take(waiting, lambda item: len(item[2]))
             self._replicating.add(member)
-            entries = [[t.id.flow, t.id.stage, t.id.partition, data] for t, data in items]
+            entries = [[t.id.flow, t.id.stage, t.id.partition, data] for t, _, data in items]
             self.hooks.call(member, "commits", entries, lambda answer, items=items, m=member:
                             self.post("reply", lambda a: self._replicated(m, items, a), answer))
 
-    def _replicated(self, member: str, items: list[tuple[PartitionTask, bytes]],
+    def _replicated(self, member: str, items: list[tuple[PartitionTask, int, bytes]],
                     answer: Any) -> None:
         self._replicating.discard(member)
         answers = answer if isinstance(answer, list) and len(answer) == len(items) else []
-        for i, (task, _) in enumerate(items):
+        for i, (task, number, _) in enumerate(items):
             if not self._current(task):
                 continue
             got = answers[i] if answers else None
@@ -576,7 +580,7 @@ class Runtime:
             elif task.log.lost(member, got[0]):
                 self.flows[task.id.flow].owner.lost_copy(task, member, got[0])
             else:
-                task.on_replicated(member, got[0])
+                task.on_replicated(member, got[0], number)
                 self._ready[task.id] = task
                 if task.log.wants(member):
                     self._to_replicate.add(task)
