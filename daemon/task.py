@@ -912,33 +912,27 @@ class PartitionTask:
         A destination's sequences are consecutive and its queue holds them from the
         oldest not yet deleted, so the window is ``first .. first + WINDOW - 1``."""
         for dest in list(self.unsent):
-            if not self._pump_to(dest):
-                return  # the receiving member has enough queued: later
-
-    def _pump_to(self, dest: str) -> bool:
-        """Send what may go to ``dest`` now; False if the network refused some of it."""
-        queue = self.pending.get(dest)
-        if not queue or dest.startswith(SEGMENT):
+            queue = self.pending.get(dest)
+            if not queue or dest.startswith(SEGMENT):
+                self.unsent.discard(dest)
+                continue
+            first = queue[0][0]
+            sent = max(self.sent.get(dest, 0), first - 1)
+            upto = min(self.released.get(dest, 0), first + WINDOW - 1, queue[-1][0])
+            if len(queue) != queue[-1][0] - first + 1:  # a hole: never in one history
+                self.broken = (f"outbox to {dest} lacks sequences between {first} and "
+                               f"{queue[-1][0]}: its copies do not hold one history")
+                log.error("event=outbox_hole task=%s dest=%s first=%d last=%d entries=%d",
+                          self.id, dest, first, queue[-1][0], len(queue))
+                self.unsent.discard(dest)
+                continue
+            while sent < upto:
+                if not self.ctx.send(self.id, dest, sent + 1, queue[sent + 1 - first][1]):
+                    self.sent[dest] = sent
+                    return  # the receiving member has enough queued: later
+                sent += 1
+            self.sent[dest] = sent
             self.unsent.discard(dest)
-            return True
-        first = queue[0][0]
-        sent = max(self.sent.get(dest, 0), first - 1)
-        upto = min(self.released.get(dest, 0), first + WINDOW - 1, queue[-1][0])
-        if len(queue) != queue[-1][0] - first + 1:  # a hole: never in one history
-            self.broken = (f"outbox to {dest} lacks sequences between {first} and "
-                           f"{queue[-1][0]}: its copies do not hold one history")
-            log.error("event=outbox_hole task=%s dest=%s first=%d last=%d entries=%d",
-                      self.id, dest, first, queue[-1][0], len(queue))
-            self.unsent.discard(dest)
-            return True
-        while sent < upto:
-            if not self.ctx.send(self.id, dest, sent + 1, queue[sent + 1 - first][1]):
-                self.sent[dest] = sent
-                return False
-            sent += 1
-        self.sent[dest] = sent
-        self.unsent.discard(dest)
-        return True
 
     def on_ack(self, dest: str, mark: int | None) -> None:
         """The receiver's high-water mark for us (None: no answer, resend later)."""
@@ -950,7 +944,8 @@ class PartitionTask:
         if mark is None:
             self.sent[dest] = min(self.sent.get(dest, 0), first - 1)
             return
-        if first <= mark:  # off the queue now (the window moves), out of the store later
+        if first <= mark:  # off the queue now (the window moves at the next pump), out of
+            # the store with a later commit
             if not self.acked:
                 self.acked_at = self.ctx.clock()
             while queue and queue[0][0] <= mark:
@@ -961,7 +956,6 @@ class PartitionTask:
         if mark < self.sent.get(dest, 0) and last > mark:
             # the receiver lacks something we sent (lost or refused): resend from its mark
             self.sent[dest] = mark
-        self._pump_to(dest)
 
     def status(self) -> dict[str, Any]:
         return {"stage": self.stage.id, "partition": self.partition, "done": self.done,

@@ -371,6 +371,7 @@ def test_an_acknowledgement_frees_the_window_at_once_and_the_store_with_a_later_
 
     now[0] = 5.0
     task.on_ack("1/0", WINDOW)
+    task.pump()  # as the runtime does for every task every REPORT_EVERY
     assert sent[WINDOW:] == [("1/0", WINDOW + 1), ("1/0", WINDOW + 2)]  # no commit needed
     assert task.number == number and task.pending_count == 2
     assert len(store.outbox(task.id)) == WINDOW + 2  # still stored ...
