@@ -3,13 +3,14 @@
 Each daemon is ``python -m daemon.cli start ...`` in its own process group
 (``start_new_session=True``), bound to a free 127.0.0.1 port (free for both
 TCP and UDP), with its data dir under pytest's ``tmp_path`` and its stderr
-in a log file of its own. The :func:`cluster` fixture stops every process it
-started, by pid / process group (SIGTERM, then SIGKILL after a grace period),
-even when the test fails, and then prints the tail of each daemon's log.
-Nothing is ever killed by name.
+in a log file of its own. The ``cluster`` fixture (conftest.py) stops every
+process it started, by pid / process group (SIGTERM, then SIGKILL after a grace
+period), even when the test fails, and then prints the tail of each daemon's log.
+Nothing is ever killed by name. Also here: helpers to submit and query flows
+(:func:`submit`, :func:`table`, :func:`flow_record`) and raw ZeroMQ requests.
 
 Example:
-    from daemons import Cluster, cluster_fixture  # noqa: F401  (registers ``cluster``)
+    from daemons import Cluster
 
     def test_two(cluster: Cluster) -> None:
         cluster.start("n0")
@@ -22,19 +23,23 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import glob
 import os
 import random
 import signal
 import socket
 import subprocess
 import sys
+import sysconfig
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections import Counter
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+import zmq
 
 from daemon.client import request
 from daemon.errors import ClientError
@@ -428,34 +433,65 @@ def cli(*args: str, timeout: float = 20.0, **env: str) -> subprocess.CompletedPr
                           stdin=subprocess.DEVNULL)
 
 
-@contextlib.contextmanager
-def _uncaptured(config: pytest.Config) -> Iterator[None]:
-    capman = config.pluginmanager.getplugin("capturemanager")
-    if capman is None:
-        yield
-    else:
-        with capman.global_and_fixture_disabled():
-            yield
+# ---------------------------------------------------------------- flows and raw requests
+
+STDLIB = os.path.join(sysconfig.get_paths()["stdlib"], "*.py")
+WORDCOUNT = f'''
+from nodes import Flow, sources, sinks
+flow = Flow("wordcount")
+(flow.source(sources.files({STDLIB!r}))
+     .flat_map(str.split)
+     .key_by(lambda w: w)
+     .count()
+     .sink(sinks.table()))
+'''
+"""A word count of the standard library's ``*.py`` files; :func:`stdlib_counts` is its result."""
 
 
-@pytest.fixture(name="cluster")
-def cluster_fixture(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Cluster]:
-    """Fixture ``cluster``: a :class:`Cluster` whose daemons all stop at the end, pass or fail.
+def stdlib_counts() -> Counter:
+    counts: Counter = Counter()
+    for path in glob.glob(STDLIB):
+        with open(path, encoding="utf-8", newline="") as f:
+            for line in f:
+                counts.update(line.split())
+    return counts
 
-    Use it from a test module with ``from daemons import cluster_fixture  # noqa: F401``.
-    """
-    failed_before = request.session.testsfailed
-    c = Cluster(tmp_path)
+
+def write(tmp_path: Path, name: str, text: str) -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def submit(cluster: Cluster, node: str, path: Path, *args: str, timeout: float = 180):
+    return cli("submit", str(path), "--node", cluster[node].address, *args, timeout=timeout)
+
+
+def table(cluster: Cluster, node: str, name: str, sink: str | None = None) -> dict:
+    rows = cluster.request(node, "query", timeout=10.0, args={"name": name, "sink": sink})
+    return {k: v for k, v in rows}
+
+
+def flow_record(cluster: Cluster, node: str, name: str) -> dict:
+    return cluster.request(node, "flow", args={"name": name})
+
+
+def zmq_requests(address: str, packets: list[bytes], timeout: float = 2.0) -> list[bytes]:
+    """Send each packet as a ZeroMQ request [id, packet]; the replies, in order."""
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
     try:
-        yield c
+        sock.connect(f"tcp://{address}")
+        replies = []
+        for i, packet in enumerate(packets):
+            sock.send_multipart([i.to_bytes(8, "big"), packet])
+            assert sock.poll(int(timeout * 1000)), f"no reply to garbage request {i}"
+            request_id, reply = sock.recv_multipart()
+            assert request_id == i.to_bytes(8, "big")
+            replies.append(reply)
+        return replies
     finally:
-        c.close()
-        if request.session.testsfailed > failed_before and c.daemons:
-            # The failure report is already out: write past the capture, straight to stderr.
-            with _uncaptured(request.config):
-                sys.stderr.write(f"\n----- daemon logs of {request.node.nodeid}\n"
-                                 f"{c.log_tails()}\n")
-                sys.stderr.flush()
+        sock.close()
 
 
 def run_script(script: str, args: list[str], limit: float, grace: float) -> tuple[int, str, int]:

@@ -32,6 +32,7 @@ LIMIT = 240.0
 pytestmark = pytest.mark.timeout(LIMIT + 30)
 
 
+@pytest.mark.slow
 def test_chaos_short_run_counts_every_record_once() -> None:
     code, output, _ = run_script("chaos.py", ARGS, LIMIT, grace=20)
     assert code == 0, f"scripts/chaos exited {code}:\n{output}"

@@ -1,6 +1,6 @@
 """Multi-process tests: real daemons on 127.0.0.1, real UDP and ZeroMQ, ``--preset local``.
 
-Each test starts its own daemons through the ``cluster`` fixture (tests/daemons.py),
+Each test starts its own daemons through the ``cluster`` fixture (tests/conftest.py),
 which stops them all (by pid) however the test ends.
 """
 
@@ -16,7 +16,7 @@ import time
 import msgpack
 import pytest
 import zmq
-from daemons import Cluster, cli, cluster_fixture, free_port, wait_for  # noqa: F401
+from daemons import Cluster, cli, free_port, wait_for, zmq_requests
 
 from daemon.cli import load_secret
 from daemon.config import PROTOCOL_VERSION, Config
@@ -124,24 +124,6 @@ def _garbage() -> tuple[list[bytes], list[bytes]]:
     return decode_errors, auth_errors
 
 
-def _zmq_requests(address: str, packets: list[bytes], timeout: float = 2.0) -> list[bytes]:
-    """Send each packet as a ZeroMQ request [id, packet]; the replies, in order."""
-    sock = zmq.Context.instance().socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    try:
-        sock.connect(f"tcp://{address}")
-        replies = []
-        for i, packet in enumerate(packets):
-            sock.send_multipart([i.to_bytes(8, "big"), packet])
-            assert sock.poll(int(timeout * 1000)), f"no reply to garbage request {i}"
-            request_id, reply = sock.recv_multipart()
-            assert request_id == i.to_bytes(8, "big")
-            replies.append(reply)
-        return replies
-    finally:
-        sock.close()
-
-
 def test_garbage_is_counted_and_dropped(cluster: Cluster) -> None:
     cluster.start_many(["a", "b"])
     target = cluster["a"]
@@ -152,7 +134,7 @@ def test_garbage_is_counted_and_dropped(cluster: Cluster) -> None:
         for packet in decode_errors + auth_errors:
             udp.sendto(packet, ("127.0.0.1", target.port))
     # The same bytes as ZeroMQ requests: each is answered with ERROR and counted the same way.
-    replies = _zmq_requests(target.address, decode_errors + auth_errors)
+    replies = zmq_requests(target.address, decode_errors + auth_errors)
     for reply in replies:
         kind, body = Codec(None).decode(reply)
         assert kind == MessageType.ERROR and body["error"].startswith("bad request: "), body

@@ -14,8 +14,17 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from daemons import Cluster, cli, cluster_fixture, wait_for  # noqa: F401
-from test_flows_cluster import WORDCOUNT, flow_record, stdlib_counts, submit, table, write
+from daemons import (
+    WORDCOUNT,
+    Cluster,
+    cli,
+    flow_record,
+    stdlib_counts,
+    submit,
+    table,
+    wait_for,
+    write,
+)
 
 from daemon.placement import place
 from nodes.plan import partition_of

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 import zmq
-from daemons import Cluster, cluster_fixture, free_port, wait_for  # noqa: F401
+from daemons import Cluster, free_port, wait_for
 
 from daemon import api
 from daemon.errors import ConfigError, RequestRefusedError

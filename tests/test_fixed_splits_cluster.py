@@ -14,7 +14,7 @@ from pathlib import Path
 import daemons
 import pytest
 import xxhash
-from daemons import Cluster, cli, cluster_fixture  # noqa: F401
+from daemons import Cluster, cli
 
 pytestmark = pytest.mark.timeout(240)
 

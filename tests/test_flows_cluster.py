@@ -11,13 +11,24 @@ import json
 import os
 import re
 import signal
-import sysconfig
 import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
-from daemons import Cluster, cli, cluster_fixture, wait_for  # noqa: F401
+from daemons import (
+    STDLIB,
+    WORDCOUNT,
+    Cluster,
+    cli,
+    flow_record,
+    stdlib_counts,
+    submit,
+    table,
+    wait_for,
+    write,
+    zmq_requests,
+)
 
 from daemon.registry import flow_version
 from nodes import load_flow
@@ -26,47 +37,6 @@ from nodes.testing import run
 pytestmark = pytest.mark.timeout(240)
 
 THREE = ["n0", "n1", "n2"]
-STDLIB = os.path.join(sysconfig.get_paths()["stdlib"], "*.py")
-
-WORDCOUNT = f'''
-from nodes import Flow, sources, sinks
-flow = Flow("wordcount")
-(flow.source(sources.files({STDLIB!r}))
-     .flat_map(str.split)
-     .key_by(lambda w: w)
-     .count()
-     .sink(sinks.table()))
-'''
-
-
-def stdlib_counts() -> Counter:
-    counts: Counter = Counter()
-    for path in glob.glob(STDLIB):
-        with open(path, encoding="utf-8", newline="") as f:
-            for line in f:
-                counts.update(line.split())
-    return counts
-
-
-def write(tmp_path: Path, name: str, text: str) -> Path:
-    path = tmp_path / name
-    path.write_text(text)
-    return path
-
-
-def submit(cluster: Cluster, node: str, path: Path, *args: str, timeout: float = 180):
-    return cli("submit", str(path), "--node", cluster[node].address, *args, timeout=timeout)
-
-
-def table(cluster: Cluster, node: str, name: str, sink: str | None = None) -> dict:
-    rows = cluster.request(node, "query", timeout=10.0, args={"name": name, "sink": sink})
-    return {k: v for k, v in rows}
-
-
-def flow_record(cluster: Cluster, node: str, name: str) -> dict:
-    return cluster.request(node, "flow", args={"name": name})
-
-
 def test_stdlib_wordcount_on_three_daemons_is_exact(cluster: Cluster, tmp_path: Path) -> None:
     cluster.start_many(THREE)
     result = submit(cluster, "n1", write(tmp_path, "wc.py", WORDCOUNT), "--wait")
@@ -324,8 +294,6 @@ def test_whole_cluster_killed_mid_flow_resumes_exactly(cluster: Cluster, tmp_pat
 
 
 def test_malformed_shuffle_batches_are_refused_and_counted(cluster: Cluster) -> None:
-    from test_cluster import _zmq_requests
-
     from daemon.wire import Codec, MessageType
 
     cluster.start_many(["n0", "n1"])
@@ -333,13 +301,13 @@ def test_malformed_shuffle_batches_are_refused_and_counted(cluster: Cluster) -> 
     bad = [Codec().encode(MessageType.DATA, {"b": [["f@1", 0, 0, "0/0", 1]]}),      # 5 fields
            Codec().encode(MessageType.DATA, {"b": [["f@1", "0", 0, "0/0", 1, b""]]}),  # str stage
            Codec().encode(MessageType.DATA, {"b": ["not a list"]})]
-    replies = [Codec().decode(r) for r in _zmq_requests(cluster["n0"].address, bad)]
+    replies = [Codec().decode(r) for r in zmq_requests(cluster["n0"].address, bad)]
     assert [kind for kind, _ in replies] == [MessageType.ERROR] * 3
     assert all("DATA entries are" in body["error"] for _, body in replies)
     assert cluster.stats("n0").get("dropped_DecodeError", 0) == before + 3
     # a well-formed batch for a flow nobody runs gets "no mark" (the sender would retry)
     unknown = Codec().encode(MessageType.DATA, {"b": [["nope@1", 1, 0, "0/0", 1, b"\x92\xc2\x90"]]})
-    kind, body = Codec().decode(_zmq_requests(cluster["n0"].address, [unknown])[0])
+    kind, body = Codec().decode(zmq_requests(cluster["n0"].address, [unknown])[0])
     assert kind == MessageType.API_REPLY and body["result"] == [None]
     cluster.wait_converged(["n0", "n1"])
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_replication import FLOW, TIMEOUT, Cluster, History, content, data_of, entries
+from replicacluster import FLOW, TIMEOUT, History, ReplicaCluster, content, data_of, entries
 
 from daemon import handover as handover_module
 from daemon.handover import Handover
@@ -28,9 +28,9 @@ TASKS = [TaskId(FLOW, 0, 3), TaskId(FLOW, 1, 3)]
 
 
 @pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[Cluster]:
+def replica_cluster(tmp_path: Path) -> Iterator[ReplicaCluster]:
     """Members a (the primary), b (its replica) and c (the learner)."""
-    made = Cluster(tmp_path, ["a", "b", "c"])
+    made = ReplicaCluster(tmp_path, ["a", "b", "c"])
     yield made
     made.close()
 
@@ -47,7 +47,7 @@ class Task:
     paused: bool = False
     shipped: list = field(default_factory=list)
 
-    def commit(self, cluster: Cluster, count: int) -> None:
+    def commit(self, cluster: ReplicaCluster, count: int) -> None:
         """``count`` commits on the primary "a" (as PartitionTask._commit does)."""
         for c in self.history.commits(count, self.epoch):
             cluster.stores["a"].apply(c)
@@ -55,7 +55,7 @@ class Task:
             self.number = c.number
 
 
-def running_tasks(cluster: Cluster, commits: int, replicas: tuple[str, ...] = ("b",)
+def running_tasks(cluster: ReplicaCluster, commits: int, replicas: tuple[str, ...] = ("b",)
                   ) -> list[Task]:
     """Primary "a" runs TASKS at its epoch, ``commits`` each, all on ``replicas`` too."""
     epoch = epoch_after(0, "a")
@@ -71,7 +71,7 @@ def running_tasks(cluster: Cluster, commits: int, replicas: tuple[str, ...] = ("
     return tasks
 
 
-def ship(cluster: Cluster, task: Task, to: tuple[str, ...] | None = None) -> None:
+def ship(cluster: ReplicaCluster, task: Task, to: tuple[str, ...] | None = None) -> None:
     """Send the task's log to the members (``to``, or all) that want commits."""
     for member in to or task.log.members:
         batch = task.log.take(member)
@@ -81,7 +81,7 @@ def ship(cluster: Cluster, task: Task, to: tuple[str, ...] | None = None) -> Non
     cluster.clock.advance(TIMEOUT + 0.01)
 
 
-def make_handover(cluster: Cluster, tasks: list[Task], learners: tuple[str, ...] = ("c",),
+def make_handover(cluster: ReplicaCluster, tasks: list[Task], learners: tuple[str, ...] = ("c",),
                   call: Any = None) -> tuple[Handover, list, list]:
     shipped: list = []
     stale: list = []
@@ -91,38 +91,38 @@ def make_handover(cluster: Cluster, tasks: list[Task], learners: tuple[str, ...]
 
 
 def test_a_handover_copies_while_commits_go_on_then_drains_and_is_done(
-        cluster: Cluster) -> None:
-    tasks = running_tasks(cluster, 20)
-    handover, shipped, stale = make_handover(cluster, tasks)
+        replica_cluster: ReplicaCluster) -> None:
+    tasks = running_tasks(replica_cluster, 20)
+    handover, shipped, stale = make_handover(replica_cluster, tasks)
     handover.start()
     for task in tasks:  # the flow keeps committing while the snapshots travel
-        task.commit(cluster, 5)
+        task.commit(replica_cluster, 5)
         assert task.log.take("c") == []  # nothing follows a snapshot not yet restored
         assert task.log.durable == 20  # the learner does not hold durability back
     assert handover.check(0.1) == "copying"
-    cluster.clock.advance(TIMEOUT + 0.01)
+    replica_cluster.clock.advance(TIMEOUT + 0.01)
     assert sorted(t.id for t in shipped) == TASKS and not stale
     for task in tasks:
-        task.commit(cluster, 3)
-        ship(cluster, task, to=("b",))
+        task.commit(replica_cluster, 3)
+        ship(replica_cluster, task, to=("b",))
     assert handover.check(0.2) == "draining"  # c is within LAG: no more commits
     assert all(task.paused for task in tasks)
     for task in tasks:
-        ship(cluster, task)
+        ship(replica_cluster, task)
     assert handover.check(0.3) == "done"
     for t in TASKS:
-        expected = data_of(content(cluster.stores["a"], t))
+        expected = data_of(content(replica_cluster.stores["a"], t))
         assert expected[1] == (28, epoch_after(0, "a"))
-        assert data_of(content(cluster.stores["c"], t)) == expected
-        assert data_of(content(cluster.stores["b"], t)) == expected
+        assert data_of(content(replica_cluster.stores["c"], t)) == expected
+        assert data_of(content(replica_cluster.stores["b"], t)) == expected
     assert handover.copies == 2
 
 
 def test_a_copy_whose_answer_is_lost_is_made_again_from_a_fresh_snapshot(
-        cluster: Cluster) -> None:
-    tasks = running_tasks(cluster, 10)
+        replica_cluster: ReplicaCluster) -> None:
+    tasks = running_tasks(replica_cluster, 10)
     calls: list[str] = []
-    real = cluster.call("a")
+    real = replica_cluster.call("a")
 
     first: list[str] = []
 
@@ -130,52 +130,53 @@ def test_a_copy_whose_answer_is_lost_is_made_again_from_a_fresh_snapshot(
         calls.append(kind)
         if kind == "restore_part" and args["xfer"] in (first or first.append(args["xfer"])
                                                       or first):
-            cluster.clock.call_later(TIMEOUT, on_reply, None)  # broken off: no answer, ever
+            replica_cluster.clock.call_later(TIMEOUT, on_reply, None)  # broken off: no answer, ever
             return
         real(member, kind, args, on_reply)
 
-    handover, shipped, _ = make_handover(cluster, tasks, call=lossy)
+    handover, shipped, _ = make_handover(replica_cluster, tasks, call=lossy)
     handover.start()
-    cluster.clock.advance(TRIES * TIMEOUT + 0.01)  # every try of the first chunk is lost
+    replica_cluster.clock.advance(TRIES * TIMEOUT + 0.01)  # every try of the first chunk is lost
     assert len(shipped) == 1
     for task in tasks:
-        task.commit(cluster, 2)
+        task.commit(replica_cluster, 2)
     assert handover.check(0.5) == "copying"
     assert handover.copies == 2  # not at once: COPY_AGAIN_AFTER later
     assert handover.check(0.5 + handover_module.COPY_AGAIN_AFTER) == "copying"
     assert handover.copies == 3  # the broken copy starts again, at commit 12
-    cluster.clock.advance(TIMEOUT + 0.01)
+    replica_cluster.clock.advance(TIMEOUT + 0.01)
     assert len(shipped) == 2 and handover.copies == 3
     for _ in range(2):
         for task in tasks:
-            ship(cluster, task)
+            ship(replica_cluster, task)
         handover.check(2.0)
     assert handover.check(2.0) == "done"
     for t in TASKS:
-        assert data_of(content(cluster.stores["c"], t)) == data_of(content(cluster.stores["a"], t))
+        assert data_of(content(replica_cluster.stores["c"], t)) \
+            == data_of(content(replica_cluster.stores["a"], t))
 
 
 def test_a_learner_that_promised_a_newer_epoch_makes_the_primary_stale(
-        cluster: Cluster) -> None:
-    tasks = running_tasks(cluster, 4)
+        replica_cluster: ReplicaCluster) -> None:
+    tasks = running_tasks(replica_cluster, 4)
     newer = epoch_after(epoch_after(0, "a"), "c")
-    cluster.stores["c"].set_promise(TASKS[0], newer)
-    before = content(cluster.stores["c"], TASKS[0])
-    handover, shipped, stale = make_handover(cluster, tasks)
+    replica_cluster.stores["c"].set_promise(TASKS[0], newer)
+    before = content(replica_cluster.stores["c"], TASKS[0])
+    handover, shipped, stale = make_handover(replica_cluster, tasks)
     handover.start()
-    cluster.clock.advance(TIMEOUT + 0.01)
+    replica_cluster.clock.advance(TIMEOUT + 0.01)
     assert [t.id for t in stale] == [TASKS[0]] and [t.id for t in shipped] == [TASKS[1]]
-    assert content(cluster.stores["c"], TASKS[0]) == before
+    assert content(replica_cluster.stores["c"], TASKS[0]) == before
 
 
 def test_a_handover_that_cannot_finish_times_out_and_cancel_unpauses(
-        cluster: Cluster) -> None:
-    tasks = running_tasks(cluster, 4)
-    handover, _, _ = make_handover(cluster, tasks)
+        replica_cluster: ReplicaCluster) -> None:
+    tasks = running_tasks(replica_cluster, 4)
+    handover, _, _ = make_handover(replica_cluster, tasks)
     handover.start()
-    cluster.clock.advance(TIMEOUT + 0.01)
+    replica_cluster.clock.advance(TIMEOUT + 0.01)
     for task in tasks:
-        task.commit(cluster, 2)  # and the replicas never acknowledge them
+        task.commit(replica_cluster, 2)  # and the replicas never acknowledge them
     assert handover.check(0.1) == "draining"
     assert handover.check(handover_module.TIMEOUT + 1) == "timeout"
     handover.cancel()
@@ -184,29 +185,30 @@ def test_a_handover_that_cannot_finish_times_out_and_cancel_unpauses(
 
 
 def test_the_takeover_waits_for_a_member_still_running_the_partition(
-        cluster: Cluster) -> None:
+        replica_cluster: ReplicaCluster) -> None:
     """Step 0: c, new primary of partition 3, probes; a still runs it, so c defers
     and promises nothing. Once a has stepped down, the same round goes through."""
-    running_tasks(cluster, 6, replicas=("b", "c"))
+    running_tasks(replica_cluster, 6, replicas=("b", "c"))
     runs = {"a"}
     for name in ("a", "b", "c"):
-        cluster.servers[name] = ReplicaServer(cluster.stores[name],
-                                              running=lambda task, n=name: n in runs)
+        replica_cluster.servers[name] = ReplicaServer(replica_cluster.stores[name],
+                                                      running=lambda task, n=name: n in runs)
     epoch = epoch_after(epoch_after(0, "a"), "c")
 
     def round_() -> tuple[list[int], list[int]]:
         deferred: list[int] = []
         ready: list[int] = []
-        Takeover("c", cluster.stores["c"], cluster.call("c"), epoch, {3: list(TASKS)},
-                 {3: ["c", "a"]}, ["a", "b", "c"], frozenset("abc"), ready.append, lambda p, seen: None,
+        Takeover("c", replica_cluster.stores["c"], replica_cluster.call("c"), epoch,
+                 {3: list(TASKS)}, {3: ["c", "a"]}, ["a", "b", "c"], frozenset("abc"),
+                 ready.append, lambda p, seen: None,
                  defer_to_running=frozenset({3}), on_deferred=deferred.append).start()
-        cluster.clock.advance(10 * TIMEOUT)
+        replica_cluster.clock.advance(10 * TIMEOUT)
         return deferred, ready
 
     assert round_() == ([3], [])
-    assert all(cluster.stores[m].task_meta(t).promised < epoch
+    assert all(replica_cluster.stores[m].task_meta(t).promised < epoch
                for m in ("a", "b", "c") for t in TASKS)
     runs.clear()
     assert round_() == ([], [3])
-    assert all(cluster.stores[m].task_meta(t).promised == epoch
+    assert all(replica_cluster.stores[m].task_meta(t).promised == epoch
                for m in ("a", "b", "c") for t in TASKS)

@@ -14,8 +14,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from daemons import ROOT, Cluster, clean_env, cluster_fixture, wait_for  # noqa: F401
-from test_flows_cluster import flow_record, submit, table, write
+from daemons import ROOT, Cluster, clean_env, submit, table, wait_for, write
 
 from daemon.ingest import producer_partition
 from daemon.producer import Producer

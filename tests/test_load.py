@@ -16,8 +16,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from daemons import Cluster, cluster_fixture, wait_for  # noqa: F401
-from test_flows_cluster import flow_record, submit, table, write
+from daemons import Cluster, flow_record, submit, table, wait_for, write
 
 pytestmark = pytest.mark.timeout(240)
 

@@ -11,8 +11,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from daemons import ROOT, Cluster, clean_env, cluster_fixture, wait_for  # noqa: F401
-from test_flows_cluster import flow_record, submit, write
+from daemons import ROOT, Cluster, clean_env, flow_record, submit, wait_for, write
 
 from daemon.consumer import Consumer
 from nodes.plan import partition_of

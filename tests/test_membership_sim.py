@@ -23,6 +23,7 @@ def started(n: int, config: Config, seed: int = 1, **kwargs) -> SimCluster:
     return cluster
 
 
+@pytest.mark.slow
 def test_200_members_converge_from_one_seed():
     cluster = started(200, LAN)
     names = {f"m{i}" for i in range(200)}
@@ -31,7 +32,8 @@ def test_200_members_converge_from_one_seed():
     assert not [e for e in cluster.events if e[3] in (Status.DEAD, Status.SUSPECT)]
 
 
-@pytest.mark.parametrize("n, config", [(200, LAN), (5, LOCAL), (50, LOCAL)],
+@pytest.mark.parametrize("n, config", [pytest.param(200, LAN, marks=pytest.mark.slow),
+                                       (5, LOCAL), (50, LOCAL)],
                          ids=["lan-200", "local-5", "local-50"])
 def test_killed_member_known_dead_by_all_within_the_preset_bound(n, config):
     cluster = started(n, config)
@@ -64,6 +66,7 @@ def test_suspected_but_alive_member_refutes():
         f"m{i}": Status.ALIVE for i in range(20) if i != 5}
 
 
+@pytest.mark.slow
 def test_five_percent_loss_gives_no_false_death_in_ten_minutes():
     cluster = started(50, LAN, seed=7, drop_rate=0.05)
     cluster.events.clear()

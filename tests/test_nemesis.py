@@ -44,6 +44,7 @@ def _netns_unavailable() -> str | None:
 
 _WHY = _netns_unavailable()
 pytestmark = [
+    pytest.mark.slow,
     pytest.mark.timeout(LIMIT + 60),
     pytest.mark.skipif(_WHY is not None,
                        reason=f"scripts/nemesis needs root and `ip netns` ({_WHY}); "

@@ -1,6 +1,6 @@
 """The ownership state machine (:mod:`daemon.owner`) driven directly: several members,
 each an :class:`~daemon.owner.Owner` with a real store and ReplicaServer on one
-MemoryNetwork and FakeClock (the Cluster of test_replication), fed views and ticks.
+MemoryNetwork and FakeClock (the ReplicaCluster of replicacluster.py), fed views and ticks.
 
 Its host runs stand-in tasks (what a Handover reads of a PartitionTask), so the only
 commits are the takeovers' seals. Checked at every tick, activation and opening (a
@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_replication import Cluster
+from replicacluster import ReplicaCluster
 
 from daemon.owner import Host, Owner, View
 from daemon.replication import ReplicaLog, ReplicaServer
@@ -99,9 +99,9 @@ class Member:
 
 
 class Sim:
-    """Members on one Cluster, each with an Owner; the checks of the module docstring."""
+    """Members on one ReplicaCluster, each with an Owner; the checks of the module docstring."""
 
-    def __init__(self, cluster: Cluster, names: list[str], partitions: int,
+    def __init__(self, cluster: ReplicaCluster, names: list[str], partitions: int,
                  replicas: int = 2) -> None:
         self.cluster, self.clock, self.net = cluster, cluster.clock, cluster.net
         self.names, self.partitions, self.replicas = names, partitions, replicas
@@ -224,11 +224,11 @@ class Sim:
 
 @pytest.fixture
 def make_sim(tmp_path: Path) -> Any:
-    """``make_sim(names, partitions, seed=...)``: a Sim on a Cluster in tmp_path."""
-    made: list[Cluster] = []
+    """``make_sim(names, partitions, seed=...)``: a Sim on a ReplicaCluster in tmp_path."""
+    made: list[ReplicaCluster] = []
 
     def make(names: list[str], partitions: int, seed: int = 0, replicas: int = 2) -> Sim:
-        made.append(Cluster(tmp_path, names, seed=seed))
+        made.append(ReplicaCluster(tmp_path, names, seed=seed))
         return Sim(made[-1], names, partitions, replicas)
 
     yield make
@@ -343,6 +343,7 @@ def test_a_cut_3_2_runs_only_what_the_majority_may_and_heals_to_one_owner_each(
 # ---------------------------------------------------------------- random faults
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed,members,partitions,replicas,events", [
     (1, 40, 16, 2, 120), (2, 12, 16, 3, 200)])
 def test_random_cuts_crashes_and_stale_views_keep_one_writer_and_one_history(

@@ -1,5 +1,5 @@
 """One history per partition whatever the network does (:mod:`daemon.ownership`), on a
-MemoryNetwork and a FakeClock with real stores (the Cluster of test_replication).
+MemoryNetwork and a FakeClock with real stores (the ReplicaCluster of replicacluster.py).
 
 The review's reproductions of issue 9:
 
@@ -22,7 +22,7 @@ import shutil
 from typing import Any
 
 import pytest
-from test_replication import (
+from replicacluster import (
     FLOW,
     TIMEOUT,
     History,
@@ -30,7 +30,6 @@ from test_replication import (
     content,
     data_of,
     entries,
-    make_cluster,  # noqa: F401 - the fixture
     sealed,
     take_over,
 )
@@ -105,14 +104,14 @@ def test_answers_from_the_wire_are_checked() -> None:
 
 
 @pytest.mark.parametrize("accepted_by", [["c", "d", "e"], FIVE])
-def test_a_partition_whose_last_set_is_cut_off_waits(make_cluster: Any,
+def test_a_partition_whose_last_set_is_cut_off_waits(make_replica_cluster: Any,
                                                       accepted_by: list[str]) -> None:
     """d takes partition 0 over with set [d, e] while a and b are cut off (view c,d,e:
     a majority of the five voters), or with all five; ten commits at its epoch reach d
     and e. Then the cut moves: a takes over with view {a,b,c}. Before, a continued from
     its own stale copy; now it waits, and nothing changes on a, b or c. Once d
     answers, a continues from d's copy."""
-    cluster = make_cluster(FIVE, seed=11)
+    cluster = make_replica_cluster(FIVE, seed=11)
     old = epoch_after(0, "a")
     histories = {t: History(t, random.Random(t.stage)) for t in TASKS}
     for t in TASKS:  # a's first epoch: three commits on a and b
@@ -148,9 +147,9 @@ def test_a_partition_whose_last_set_is_cut_off_waits(make_cluster: Any,
             assert data_of(content(cluster.stores[m], t)) == sealed(expected[t], e3), (m, t)
 
 
-def test_without_a_majority_of_voters_nothing_is_promised_over(make_cluster: Any) -> None:
+def test_without_a_majority_of_voters_nothing_is_promised_over(make_replica_cluster: Any) -> None:
     """Two of five voters (a 3|2 cut's minority) never take over, even with a copy."""
-    cluster = make_cluster(FIVE, seed=12)
+    cluster = make_replica_cluster(FIVE, seed=12)
     old = epoch_after(0, "a")
     for t in TASKS:
         ship(cluster, "a", ["b"], History(t, random.Random(t.stage)).commits(4, old))
@@ -165,7 +164,7 @@ def test_without_a_majority_of_voters_nothing_is_promised_over(make_cluster: Any
 
 
 def test_a_released_commit_survives_takeovers_with_one_member_down_each_time(
-        make_cluster: Any) -> None:
+        make_replica_cluster: Any) -> None:
     """Raft's figure 8 with write-all sets over a, b, c (R=2):
 
     1. a takes over with [a, b]: three durable commits; a fourth on a only; a goes down;
@@ -176,7 +175,7 @@ def test_a_released_commit_survives_takeovers_with_one_member_down_each_time(
     Before the seal, c's copy (its own epoch, number 4) looked newer than b's (a's
     old epoch, number 4) and overwrote the released commit. Now b's copy carries the
     seal of round 3 and wins: the released commit stays."""
-    cluster = make_cluster(["a", "b", "c"], seed=13)
+    cluster = make_replica_cluster(["a", "b", "c"], seed=13)
     history = {t: History(t, random.Random(t.stage)) for t in TASKS}
     ready, _ = take_over(cluster, "a", epoch_for(cluster, "a"), {0: TASKS}, {0: ["a", "b"]},
                          ["a", "b", "c"])
@@ -219,12 +218,13 @@ def test_a_released_commit_survives_takeovers_with_one_member_down_each_time(
 # ---------------------------------------------------------------- finding 4
 
 
-def test_a_replica_wiped_and_reopened_is_copied_again(make_cluster: Any, tmp_path: Any) -> None:
+def test_a_replica_wiped_and_reopened_is_copied_again(make_replica_cluster: Any,
+                                                      tmp_path: Any) -> None:
     """b's store is wiped and reopened under the same name, with no view change: a's
     next commit comes back with b at 0, behind what b acknowledged (before, a resent
     forever and the partition stopped). The runtime then takes the partition over
     again: that round copies b from a's snapshot."""
-    cluster = make_cluster(["a", "b", "c"], seed=14)
+    cluster = make_replica_cluster(["a", "b", "c"], seed=14)
     t = TASKS[0]
     ready, _ = take_over(cluster, "a", epoch_for(cluster, "a", [t]), {0: [t]}, {0: ["a", "b"]},
                          ["a", "b", "c"])
@@ -261,11 +261,11 @@ def test_a_replica_wiped_and_reopened_is_copied_again(make_cluster: Any, tmp_pat
     assert cluster.stores["b"].task_meta(t).last == commit.number + 1  # sealed at e
 
 
-def test_a_wiped_copy_is_never_taken_over_from(make_cluster: Any, tmp_path: Any) -> None:
+def test_a_wiped_copy_is_never_taken_over_from(make_replica_cluster: Any, tmp_path: Any) -> None:
     """Set [a, b] at a's epoch; b is wiped and restarts; a goes down. c takes over with
     view {b, c}: b answers with an empty copy, which must not count as the last set's
     copy: the partition waits for a, then continues from a's copy."""
-    cluster = make_cluster(["a", "b", "c"], seed=15)
+    cluster = make_replica_cluster(["a", "b", "c"], seed=15)
     t = TASKS[0]
     ready, _ = take_over(cluster, "a", epoch_for(cluster, "a", [t]), {0: [t]}, {0: ["a", "b"]},
                          ["a", "b", "c"])
@@ -296,7 +296,7 @@ def test_a_wiped_copy_is_never_taken_over_from(make_cluster: Any, tmp_path: Any)
 
 
 def test_a_voter_that_lost_its_store_recovers_its_votes_before_voting(
-        make_cluster: Any, tmp_path: Any) -> None:
+        make_replica_cluster: Any, tmp_path: Any) -> None:
     """a takes partition 0 over with set [a, b], accepted by a, b and c only (d and e
     were cut off); c's store is then wiped. Voting at once, c would answer "no set
     accepted", and d with view {c, d, e} would start the partition afresh beside a's
@@ -307,7 +307,7 @@ def test_a_voter_that_lost_its_store_recovers_its_votes_before_voting(
     from daemon.recovery import Recovery, bumped
     from daemon.replication import ReplicaServer
 
-    cluster = make_cluster(FIVE, seed=16)
+    cluster = make_replica_cluster(FIVE, seed=16)
     t = TASKS[0]
     e1 = epoch_for(cluster, "a", [t])
     ready, _ = take_over(cluster, "a", e1, {0: [t]}, {0: ["a", "b"]}, ["a", "b", "c"],

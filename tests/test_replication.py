@@ -1,9 +1,9 @@
 """Replication and takeover on a MemoryNetwork and a FakeClock (no sleeps, no daemons).
 
 Each simulated member is a Store in tmp_path, a ReplicaServer and a MemoryTransport
-(:class:`Cluster`). ``Cluster.call(src)`` is the ``call`` a runtime gives
-:class:`~daemon.takeover.Takeover`; its seeded fault hook loses requests and
-replies, duplicates requests, and random latency reorders concurrent ones.
+(:class:`~replicacluster.ReplicaCluster`). ``ReplicaCluster.call(src)`` is the ``call``
+a runtime gives :class:`~daemon.takeover.Takeover`; its seeded fault hook loses requests
+and replies, duplicates requests, and random latency reorders concurrent ones.
 
 Covered: a primary's ReplicaLog shipping 200+ commits through lost, duplicated and
 reordered messages; replicas refusing a stale epoch; a takeover catching up from
@@ -14,239 +14,27 @@ takeover of 128 tasks at random positions on 5 members.
 from __future__ import annotations
 
 import random
-import struct
-from collections import Counter
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-import msgpack
 import pytest
+from replicacluster import (
+    FLOW,
+    TASK,
+    TIMEOUT,
+    History,
+    ask,
+    content,
+    data_of,
+    entries,
+    sealed,
+    take_over,
+)
 
-from daemon.clock import FakeClock
-from daemon.errors import GossipflowError, StoreError
+from daemon.errors import StoreError
 from daemon.replication import WINDOW, ReplicaLog, ReplicaServer, epoch_after, position
-from daemon.store import Commit, Store, TaskId, TaskMeta
+from daemon.store import Commit, TaskId, TaskMeta
 from daemon.takeover import Takeover
-from daemon.transport.memory import MemoryNetwork
-
-TIMEOUT = 0.2
-"""Seconds a replication request waits for its answer."""
-FLOW = "wc"
-TASK = TaskId(FLOW, 1, 0)
-
-
-class Cluster:
-    """Members on one MemoryNetwork: each a Store, a ReplicaServer and an endpoint.
-
-    Requests are msgpack ``[kind, args, id]``; the handler answers
-    ``msgpack(server.handle(kind, args))``, or msgpack(None) when the server raises.
-    ``drop`` and ``duplicate`` are fault rates applied by :meth:`call` to requests
-    between members (a member's calls to itself run locally, as in the runtime).
-    """
-
-    def __init__(self, tmp_path: Path, names: list[str], seed: int = 0, drop: float = 0.0,
-                 duplicate: float = 0.0, latency: tuple[float, float] = (0.0005, 0.002)) -> None:
-        self.tmp_path, self.drop, self.duplicate = tmp_path, drop, duplicate
-        self.clock = FakeClock()
-        self.net = MemoryNetwork(self.clock, seed=seed, latency=latency)
-        self.rng = random.Random(seed ^ 0x5EED)
-        self.stores: dict[str, Store] = {}
-        self.servers: dict[str, ReplicaServer] = {}
-        self.endpoints: dict[str, Any] = {}
-        self.stats: Counter[str] = Counter()
-        self.arrivals: dict[str, list[int]] = {}  # member -> request ids in arrival order
-        self._ids = iter(range(1, 1 << 62))
-        for name in names:
-            self.open_store(name)
-            self.start(name)
-
-    def open_store(self, name: str) -> Store:
-        self.stores[name] = Store(self.tmp_path / name, map_size=4 << 20, sync=False)
-        self.servers[name] = ReplicaServer(self.stores[name])
-        return self.stores[name]
-
-    def start(self, name: str) -> None:
-        """A new endpoint for ``name`` (first start, or after :meth:`crash`)."""
-        endpoint = self.net.transport(name)
-
-        def on_request(data: bytes, reply: Callable[[bytes], None]) -> None:
-            kind, args, rid = msgpack.unpackb(data)
-            self.arrivals.setdefault(name, []).append(rid)
-            try:
-                answer = self.servers[name].handle(kind, args)
-            except (GossipflowError, ValueError):
-                self.stats["refused"] += 1
-                answer = None
-            reply(msgpack.packb(answer))
-
-        endpoint.start(lambda src, data: None, on_request)
-        self.endpoints[name] = endpoint
-
-    def crash(self, name: str) -> None:
-        """``name`` dies: unreachable at once, its store closed and opened again (a
-        restart's recovery); :meth:`start` brings its endpoint back."""
-        self.endpoints[name].close()
-        self.stores[name].close()
-        self.open_store(name)
-
-    def close(self) -> None:
-        for store in self.stores.values():
-            store.close()
-
-    def call(self, src: str) -> Callable[[str, str, Any, Callable[[Any], None]], None]:
-        """The ``call(member, kind, args, on_reply)`` of member ``src``: on_reply gets
-        the decoded answer or None (after TIMEOUT), exactly once, from the clock."""
-
-        def call(member: str, kind: str, args: Any, on_reply: Callable[[Any], None]) -> None:
-            if member == src:
-                try:
-                    answer = self.servers[src].handle(kind, msgpack.unpackb(msgpack.packb(args)))
-                except (GossipflowError, ValueError):
-                    answer = None
-                self.clock.call_later(0, on_reply, answer)
-                return
-            done = [False]
-
-            def finish(answer: Any) -> None:
-                if not done[0]:
-                    done[0] = True
-                    on_reply(answer)
-
-            def decode(raw: bytes | None) -> None:
-                finish(None if raw is None else msgpack.unpackb(raw))
-
-            data = msgpack.packb([kind, args, next(self._ids)])
-            self.stats["requests"] += 1
-            roll = self.rng.random()
-            if roll < self.drop / 2:  # the request never arrives
-                self.stats["lost_requests"] += 1
-                self.clock.call_later(TIMEOUT, finish, None)
-            elif roll < self.drop:  # it arrives and is applied; the reply is lost
-                self.stats["lost_replies"] += 1
-                self.endpoints[src].request(member, data, TIMEOUT, lambda raw: None)
-                self.clock.call_later(TIMEOUT, finish, None)
-            else:
-                copies = 2 if self.rng.random() < self.duplicate else 1
-                self.stats["duplicated"] += copies - 1
-                for _ in range(copies):  # the first answer counts, the other is ignored
-                    self.endpoints[src].request(member, data, TIMEOUT, decode)
-
-        return call
-
-
-def content(store: Store, task: TaskId) -> dict[str, Any]:
-    """A task's snapshot decoded: {db name: {key: value}}, taskmeta as a TaskMeta."""
-    chunks = list(store.snapshot(task))
-    out: dict[str, Any] = {}
-    for chunk in chunks[1:-1]:
-        name, pairs = msgpack.unpackb(chunk)
-        out.setdefault(name, {}).update((k, v) for k, v in pairs)
-    meta = out.pop("taskmeta", {}).get(b"")
-    out["taskmeta"] = TaskMeta(*struct.unpack(">QQQ", meta)) if meta else TaskMeta(0, 0, 0)
-    return out
-
-
-def data_of(snapshot: dict[str, Any]) -> tuple[dict[str, Any], tuple[int, int]]:
-    """What must match between copies of one history: the data and (last, epoch)
-    (the promise is each member's own)."""
-    rest = {k: v for k, v in snapshot.items() if k != "taskmeta"}
-    return rest, snapshot["taskmeta"][:2]
-
-
-def sealed(data: tuple[dict[str, Any], tuple[int, int]], epoch: int
-           ) -> tuple[dict[str, Any], tuple[int, int]]:
-    """``data_of`` a copy after a takeover at ``epoch`` continued from it: the same data
-    and one more (empty) commit at that epoch, the seal."""
-    return data[0], (data[1][0] + 1, epoch)
-
-
-class History:
-    """Valid random commits for one task: state puts/deletes, offsets, marks, outbox
-    puts with increasing sequences and deletes of pending outbox entries."""
-
-    def __init__(self, task: TaskId, rng: random.Random) -> None:
-        self.task, self.rng = task, rng
-        self.nexts: dict[str, int] = {}
-        self.pending: list[tuple[str, int]] = []
-        self.marks: dict[str, int] = {}
-        self.number = 0
-
-    def next(self, epoch: int) -> Commit:
-        r, self.number = self.rng, self.number + 1
-        keys = [b"k%02d" % r.randrange(40) for _ in range(r.randrange(6))]
-        c = Commit(self.task, epoch, self.number,
-                   state_puts={k: r.randbytes(r.randrange(1, 12)) for k in keys},
-                   state_deletes=[b"k%02d" % r.randrange(40) for _ in range(r.randrange(3))])
-        if r.random() < 0.5:
-            c.offsets[f"split{r.randrange(3)}"] = struct.pack(">Q", self.number * 100)
-        for origin in r.sample(["0/0", "0/1", "0/2"], r.randrange(3)):
-            self.marks[origin] = self.marks.get(origin, 0) + r.randrange(1, 5)
-            c.marks[origin] = self.marks[origin]
-        for _ in range(r.randrange(4)):
-            dest = f"2/{r.randrange(3)}"
-            seq = self.nexts.get(dest, 0) + r.randrange(2)
-            self.nexts[dest] = seq + 1
-            c.outbox_puts.append((dest, seq, r.randbytes(8)))
-            self.pending.append((dest, seq))
-        for _ in range(min(r.randrange(3), len(self.pending))):
-            c.outbox_deletes.append(self.pending.pop(r.randrange(len(self.pending))))
-        return c
-
-    def fork(self, rng: random.Random) -> History:
-        """A history that goes on from here with other writes (another primary's)."""
-        other = History(self.task, rng)
-        other.nexts, other.pending = dict(self.nexts), list(self.pending)
-        other.marks, other.number = dict(self.marks), self.number
-        return other
-
-    def commits(self, count: int, epoch: int) -> list[Commit]:
-        return [self.next(epoch) for _ in range(count)]
-
-
-def entries(batch: list[tuple[int, bytes]], task: TaskId = TASK) -> list[list]:
-    """A "commits" request body for one task's commits."""
-    return [[task.flow, task.stage, task.partition, data] for _, data in batch]
-
-
-@pytest.fixture
-def make_cluster(tmp_path: Path) -> Any:
-    """``make_cluster(names, **options)``: a Cluster in tmp_path, closed after the test."""
-    made: list[Cluster] = []
-
-    def make(names: list[str], **options: Any) -> Cluster:
-        made.append(Cluster(tmp_path, names, **options))
-        return made[-1]
-
-    yield make
-    for cluster in made:
-        cluster.close()
-
-
-def ask(cluster: Cluster, src: str, member: str, kind: str, args: Any) -> Any:
-    """One request through the network, run to its answer."""
-    got: list[Any] = []
-    cluster.call(src)(member, kind, args, got.append)
-    cluster.clock.advance(TIMEOUT + 0.01)
-    assert len(got) == 1
-    return got[0]
-
-
-def take_over(cluster: Cluster, me: str, epoch: int, tasks: dict[int, list[TaskId]],
-              sets: dict[int, list[str]], members: list[str],
-              call: Callable | None = None, voters: frozenset[str] | None = None
-              ) -> tuple[list[int], list[tuple[int, int]]]:
-    """Run one Takeover round to its end; returns (partitions ready, (partition, seen) failed).
-    The flow's voters are ``members`` unless given."""
-    ready: list[int] = []
-    failed: list[tuple[int, int]] = []
-    Takeover(me, cluster.stores[me], call or cluster.call(me), epoch, tasks, sets, members,
-             frozenset(members) if voters is None else voters, ready.append,
-             lambda p, seen: failed.append((p, seen)),
-             soon=lambda fn: cluster.clock.call_later(0, fn)).start()
-    cluster.clock.advance(10 * TIMEOUT)
-    return ready, failed
-
 
 # ---------------------------------------------------------------- 1. a lossy network
 
@@ -254,12 +42,12 @@ def take_over(cluster: Cluster, me: str, epoch: int, tasks: dict[int, list[TaskI
 @pytest.mark.parametrize("seed", range(3))
 @pytest.mark.parametrize("flight", [1, 4])
 def test_commits_reach_replicas_through_lost_duplicated_reordered_messages(
-        make_cluster: Any, seed: int, flight: int) -> None:
+        make_replica_cluster: Any, seed: int, flight: int) -> None:
     """240 commits shipped by a ReplicaLog, ``flight`` messages in flight per replica
     (1 as in the runtime; 4 so that they overtake each other), 20 % lost and 20 %
     duplicated: durable never runs ahead of a replica's store, and in the end every
     commit is durable and both replicas equal the primary."""
-    cluster = make_cluster(["a", "b", "c"], seed=seed, drop=0.2, duplicate=0.2,
+    cluster = make_replica_cluster(["a", "b", "c"], seed=seed, drop=0.2, duplicate=0.2,
                       latency=(0.001, 0.03))
     rng, primary, n = random.Random(seed), cluster.stores["a"], 240
     epoch = epoch_after(0, "a")
@@ -357,10 +145,10 @@ def test_wants_agrees_with_take_after_a_late_reply() -> None:
 
 
 @pytest.mark.parametrize("how", ["promise", "takeover"])
-def test_replica_refuses_commits_of_an_older_epoch(make_cluster: Any, how: str) -> None:
+def test_replica_refuses_commits_of_an_older_epoch(make_replica_cluster: Any, how: str) -> None:
     """Once b promised c's epoch, a's commits (new ones, a resent one) and a's
     snapshot are refused: the answer shows the newer epoch and b's copy is unchanged."""
-    cluster = make_cluster(["a", "b", "c"])
+    cluster = make_replica_cluster(["a", "b", "c"])
     old = epoch_after(0, "a")
     commits = History(TASK, random.Random(1)).commits(8, old)
     for c in commits:
@@ -406,11 +194,11 @@ X, Y = "10.0.1.18:7400", "10.0.1.96:7400"
 an epoch kept only 20 bits of the proposer's hash."""
 
 
-def test_two_members_never_take_over_at_the_same_epoch(make_cluster: Any) -> None:
+def test_two_members_never_take_over_at_the_same_epoch(make_replica_cluster: Any) -> None:
     """x and y both take over partition 0 in the same round (their views differ for a
     moment): at most one round may succeed, or r acknowledges y's commit 1 while it
     holds x's, and y releases outputs r does not have."""
-    cluster = make_cluster([X, Y, "r"])
+    cluster = make_replica_cluster([X, Y, "r"])
     ex, ey = epoch_after(0, X), epoch_after(0, Y)
     ready_x, _ = take_over(cluster, X, ex, {0: [TASK]}, {0: [X, "r"]}, [X, Y, "r"])
     ready_y, _ = take_over(cluster, Y, ey, {0: [TASK]}, {0: [Y, "r"]}, [X, Y, "r"])
@@ -435,11 +223,11 @@ def test_two_members_never_take_over_at_the_same_epoch(make_cluster: Any) -> Non
     {"b": (10, 0), "c": (10, 4)},  # stage 2: b has never seen the task
 ], ids=["b-ahead", "c-ahead", "b-empty"])
 def test_takeover_continues_from_the_most_advanced_copy(
-        make_cluster: Any, positions: dict[str, tuple[int, int]]) -> None:
+        make_replica_cluster: Any, positions: dict[str, tuple[int, int]]) -> None:
     """a (old primary) dies; c takes over partition 0 with replicas [c, b]: both end
     with the most advanced copy of each task and promise the new epoch; a, back,
     cannot commit on b any more, while c can."""
-    cluster = make_cluster(["a", "b", "c"], seed=3)
+    cluster = make_replica_cluster(["a", "b", "c"], seed=3)
     tasks = [TaskId(FLOW, 1, 0), TaskId(FLOW, 2, 0)]
     old = epoch_after(0, "a")
     histories = {t: History(t, random.Random(t.stage)).commits(12, old) for t in tasks}
@@ -477,10 +265,10 @@ def test_takeover_continues_from_the_most_advanced_copy(
     assert content(cluster.stores["b"], t) == content(cluster.stores["c"], t)
 
 
-def test_takeover_fails_without_a_majority_of_the_voters(make_cluster: Any) -> None:
+def test_takeover_fails_without_a_majority_of_the_voters(make_replica_cluster: Any) -> None:
     """With voters b and c, c alone (b does not answer) is no majority: the round ends
     for every partition; nothing is restored anywhere."""
-    cluster = make_cluster(["b", "c"])
+    cluster = make_replica_cluster(["b", "c"])
     old = epoch_after(0, "a")
     cluster.stores["b"].apply_many(History(TASK, random.Random(2)).commits(5, old))
     before = content(cluster.stores["c"], TASK)
@@ -493,12 +281,12 @@ def test_takeover_fails_without_a_majority_of_the_voters(make_cluster: Any) -> N
 
 
 def test_tasks_run_fenced_once_sealed_and_open_only_when_seal_and_accept_are_answered(
-        make_cluster: Any) -> None:
+        make_replica_cluster: Any) -> None:
     """The round starts the tasks (``on_running``) as soon as seal and accept are sent,
     and calls ``on_ready`` (they may release) only once both are answered well; when a
     newer round's promise reaches a majority meanwhile, the partition fails after it
     started running (its owner stops it: it released nothing)."""
-    cluster = make_cluster(["a", "b", "c"])
+    cluster = make_replica_cluster(["a", "b", "c"])
     t = TaskId(FLOW, 1, 0)
     new = epoch_after(epoch_after(0, "a"), "c")
     events: list[tuple[str, int]] = []
@@ -532,11 +320,11 @@ def test_tasks_run_fenced_once_sealed_and_open_only_when_seal_and_accept_are_ans
 
 
 def test_replica_restarting_during_restore_fails_the_round_then_a_later_round_syncs_it(
-        make_cluster: Any) -> None:
+        make_replica_cluster: Any) -> None:
     """c restores its copy on d; d dies while the restore travels and restarts. The
     round fails for the partition, d's copy is as it was (plus the promise), and a
     second round at a higher epoch brings d level with c."""
-    cluster = make_cluster(["c", "d"], seed=5)
+    cluster = make_replica_cluster(["c", "d"], seed=5)
     old = epoch_after(0, "a")
     commits = History(TASK, random.Random(4)).commits(12, old)
     cluster.stores["c"].apply_many(commits)
@@ -572,10 +360,11 @@ def test_replica_restarting_during_restore_fails_the_round_then_a_later_round_sy
 
 @pytest.mark.parametrize("cut", ["no end", "middle chunk lost", "header only", "nothing",
                                  "garbage"])
-def test_a_restore_broken_off_leaves_the_replica_as_it_was(make_cluster: Any, cut: str) -> None:
+def test_a_restore_broken_off_leaves_the_replica_as_it_was(make_replica_cluster: Any,
+                                                           cut: str) -> None:
     """A snapshot that arrives incomplete is refused whole: the server raises (the
     harness answers None) and d's data, position and promise are unchanged."""
-    cluster = make_cluster(["c", "d"])
+    cluster = make_replica_cluster(["c", "d"])
     old = epoch_after(0, "a")
     commits = History(TASK, random.Random(6)).commits(30, old)
     cluster.stores["c"].apply_many(commits)
@@ -597,12 +386,12 @@ def test_a_restore_broken_off_leaves_the_replica_as_it_was(make_cluster: Any, cu
 
 
 @pytest.mark.parametrize("seed", [1, 2])
-def test_takeover_of_many_tasks_levels_every_replica(make_cluster: Any, seed: int) -> None:
+def test_takeover_of_many_tasks_levels_every_replica(make_replica_cluster: Any, seed: int) -> None:
     """64 partitions x 2 stages on 5 members at random positions, some on a newer
     branch (epoch e2) than others (an old primary's non-durable commits at e1): one
     round makes every replica of every partition equal the most advanced copy."""
     names = ["m0", "m1", "m2", "m3", "m4"]
-    cluster = make_cluster(names, seed=seed, latency=(0.0005, 0.01))
+    cluster = make_replica_cluster(names, seed=seed, latency=(0.0005, 0.01))
     rng = random.Random(seed)
     e1, e2 = epoch_after(0, "m3"), epoch_after(epoch_after(0, "m3"), "m4")
     me, partitions = "m0", range(64)
@@ -648,8 +437,8 @@ def test_takeover_of_many_tasks_levels_every_replica(make_cluster: Any, seed: in
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
-def test_snapshots_move_chunk_by_chunk_through_a_lossy_network(make_cluster: Any, seed: int,
-                                                              monkeypatch: Any) -> None:
+def test_snapshots_move_chunk_by_chunk_through_a_lossy_network(
+        make_replica_cluster: Any, seed: int, monkeypatch: Any) -> None:
     """A task of about 6 MiB (7+ chunks) is pushed from a to b and pulled from b by c
     while 15 % of requests or replies are lost and 20 % duplicated: each chunk is
     asked again on its own (up to 10 times here: losses this dense come in runs), and
@@ -659,7 +448,7 @@ def test_snapshots_move_chunk_by_chunk_through_a_lossy_network(make_cluster: Any
 
     monkeypatch.setattr(transfer, "TRIES", 10)
 
-    cluster = make_cluster(["a", "b", "c"], seed=seed, drop=0.15, duplicate=0.2)
+    cluster = make_replica_cluster(["a", "b", "c"], seed=seed, drop=0.15, duplicate=0.2)
     rng, epoch = random.Random(seed), epoch_after(0, "a")
     big = Commit(TASK, epoch, 1, state_puts={b"k%05d" % i: rng.randbytes(3000)
                                              for i in range(2000)})
@@ -682,12 +471,13 @@ def test_snapshots_move_chunk_by_chunk_through_a_lossy_network(make_cluster: Any
     assert cluster.stats["lost_requests"] + cluster.stats["lost_replies"] > 0
 
 
-def test_a_push_to_a_member_that_lost_its_staged_chunks_starts_over(make_cluster: Any) -> None:
+def test_a_push_to_a_member_that_lost_its_staged_chunks_starts_over(
+        make_replica_cluster: Any) -> None:
     """b restarts mid-transfer (its staged chunks are gone): it answers the next chunk
     with "restart", the push's next round starts from chunk 0 and the restore completes."""
     from daemon.transfer import Push
 
-    cluster = make_cluster(["a", "b"], seed=9)
+    cluster = make_replica_cluster(["a", "b"], seed=9)
     epoch = epoch_after(0, "a")
     cluster.stores["a"].apply(Commit(TASK, epoch, 1, state_puts={
         b"k%05d" % i: bytes(3000) for i in range(1500)}))

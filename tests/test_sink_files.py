@@ -13,8 +13,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from daemons import cluster_fixture, wait_for  # noqa: F401
-from test_flows_cluster import flow_record, submit, write
+from daemons import flow_record, submit, wait_for, write
 
 import daemon.task as task_module
 from daemon.store import Commit, Store

@@ -380,6 +380,7 @@ def test_sigkill_leaves_whole_commits(tmp_path: Path) -> None:
 KEYS = [b"", b"a", b"ab", b"b", b"\xff"]
 
 
+@pytest.mark.slow
 @settings(max_examples=60, deadline=None)
 @given(st.data())
 def test_random_commits_match_a_dict_model(data: st.DataObject) -> None:

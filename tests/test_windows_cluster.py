@@ -11,7 +11,7 @@ import signal
 from pathlib import Path
 
 import pytest
-from daemons import Cluster, cli, cluster_fixture, wait_for  # noqa: F401
+from daemons import Cluster, cli, wait_for
 
 from nodes import load_flow
 from nodes.eventtime import to_ms
