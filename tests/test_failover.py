@@ -11,6 +11,9 @@ from __future__ import annotations
 import re
 import signal
 import subprocess
+import threading
+import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -26,7 +29,9 @@ from daemons import (
     write,
 )
 
+from daemon.ingest import producer_partition
 from daemon.placement import place
+from daemon.producer import Producer
 from nodes.plan import partition_of
 
 pytestmark = pytest.mark.timeout(300)
@@ -132,21 +137,107 @@ def test_any_two_of_five_killed_at_once_with_three_replicas(cluster: Cluster,
     finish_and_check(cluster, five[:3])
 
 
+WORDS = """
+from nodes import Flow, sources, sinks
+flow = Flow("words")
+flow.source(sources.ingest("words")).key_by(lambda w: w).count().sink(sinks.table())
+"""
+"""Unbounded: counts the words producers send, so it runs until cancelled."""
+
+
+def words(start: int, n: int) -> list[str]:
+    return [f"w{(i * 7919) % 4099}" for i in range(start, start + n)]
+
+
+def stage_figures(cluster: Cluster, node: str, name: str) -> dict[str, dict[str, int]]:
+    """``node``'s own per-stage figures of flow ``name``, by operator ("source", "count")."""
+    local = flow_record(cluster, node, name)["local"]
+    return {stage.split(" ", 1)[1]: figures for stage, figures in local.items()}
+
+
 def test_a_member_added_mid_flow_takes_partitions_and_the_result_is_exact(
         cluster: Cluster, tmp_path: Path) -> None:
+    """A word count over an ingest runs on three members (R=2) while a producer keeps
+    sending; a fourth joins and takes over the partitions placement gives it (among them
+    the producer's) while records still arrive. Records sent once it runs them go
+    through it alone: its own figures show it applied and counted them; every record
+    counts once."""
     cluster.start_many(THREE, replicas=2)
-    assert submit(cluster, "n0", write(tmp_path, "wc.py", WORDCOUNT)).returncode == 0
-    wait_for(lambda: processing(cluster, "n1"), 30, message="n1 is processing")
-    cluster.start("n3", join=["n0"], replicas=2)
-    cluster.wait_converged([*THREE, "n3"])
-    placement = cluster.request("n0", "ring")["placement"]
-    theirs = {p for p, replicas in enumerate(placement) if replicas[0] == "n3"}
-    assert theirs  # placement gives the new member partitions
-    wait_for(lambda: {p for p, members in running(cluster, "n0").items()
-                      if members.get("n3", {}).get("state") == "active"} == theirs
-             or flow_record(cluster, "n0", "wordcount")["status"] == "completed",
-             60, message="n3 runs the partitions placement gives it")
-    finish_and_check(cluster, [*THREE, "n3"])
+    partitions = cluster.request("n0", "ring")["partitions"]
+    after_join = place([*THREE, "n3"], partitions, 2)
+    producer_id = next(f"words-{i}" for i in range(1000)  # its ingest partition moves to n3
+                       if after_join[producer_partition(f"words-{i}", partitions)][0] == "n3")
+    assert submit(cluster, "n0", write(tmp_path, "words.py", WORDS)).returncode == 0
+    producer = Producer("words", [cluster[n].address for n in THREE], producer_id=producer_id,
+                        batch=500)
+    sent: list[str] = []
+    stop, failed = threading.Event(), []
+
+    def keep_sending() -> None:  # all through the join and the handover
+        try:
+            while not stop.is_set():
+                chunk = words(len(sent), 500)
+                for word in chunk:
+                    producer.send(word)
+                producer.flush()
+                sent.extend(chunk)
+                time.sleep(0.05)
+        except Exception as err:  # noqa: BLE001 (re-raised in the test's thread)
+            failed.append(err)
+
+    sender = threading.Thread(target=keep_sending, daemon=True)
+    sender.start()
+    try:
+        wait_for(lambda: sum(table(cluster, "n1", "words").values()) >= 2000, 30,
+                 message="the first records are counted")
+        cluster.start("n3", join=["n0"], replicas=2)
+        cluster.wait_converged([*THREE, "n3"])
+        placement = cluster.request("n0", "ring")["placement"]
+        assert placement == after_join
+        theirs = {p for p, replicas in enumerate(placement) if replicas[0] == "n3"}
+        assert theirs  # placement gives the new member partitions
+        wait_for(lambda: {p for p, members in running(cluster, "n0").items()
+                          if members.get("n3", {}).get("state") == "active"} == theirs,
+                 60, message="n3 runs the partitions placement gives it")
+        assert flow_record(cluster, "n3", "words")["status"] == "running"
+        assert not failed, failed
+    finally:
+        stop.set()
+        sender.join(60)
+    assert not sender.is_alive() and not failed, failed
+    assert len(sent) >= 2000
+    before = stage_figures(cluster, "n3", "words")
+    last = words(len(sent), 5000)  # sent once n3 runs its partitions: n3 alone takes them
+    for word in last:
+        producer.send(word)
+    producer.flush()
+    producer.close()
+    sent.extend(last)
+    expected = Counter(sent)
+    wait_for(lambda: table(cluster, "n0", "words") == expected, 60, interval=0.2,
+             message="the table counts every record sent once")
+    for node in [*THREE, "n3"]:
+        assert table(cluster, node, "words") == expected
+    # n3 ran its partitions: it applied the producer's records (its ingest partition
+    # is n3's) and counted the words of its partitions: the count gets (word, partial
+    # count) per batch, so at least one per word. Its figures reach the daemon every
+    # 0.3 s: they may lag the table a moment.
+    mine = len({word for word in last if partition_of(word, partitions) in theirs})
+    assert mine > 0
+
+    def grown() -> dict[str, int]:
+        return {stage: figures["records_in"] - before.get(stage, {}).get("records_in", 0)
+                for stage, figures in stage_figures(cluster, "n3", "words").items()}
+
+    deadline = time.monotonic() + 5.0
+    while (grew := grown()).get("source", 0) < len(last) or grew.get("count", 0) < mine:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"n3 did not apply the last {len(last)} records and count "
+                                 f"the {mine} words of its partitions: records_in grew by "
+                                 f"{grew}")
+        time.sleep(0.1)
+    assert {p for p, members in running(cluster, "n0").items()
+            if members.get("n3", {}).get("state") == "active"} == theirs
 
 
 @pytest.mark.parametrize("replicas", [2, 1])

@@ -230,6 +230,17 @@ def test_publish_sink_is_tailed_through_any_daemon(cluster: Cluster, tmp_path: P
     assert sorted(r["n"] for r in local.published) == list(range(500))
 
 
+ENDLESS = """
+from nodes import Flow, sources, sinks
+flow = Flow("endless")
+numbers = flow.source(sources.generate(None, lambda i: i))
+numbers.filter(lambda i: i % 1000 == 0).map(str).sink(sinks.publish())
+numbers.key_by(lambda i: str(i // 100_000)).count().sink(sinks.table())
+"""
+"""Unbounded and fast: publishes every 1000th number; its table's counts change with every
+commit (a new row every 100 000 numbers)."""
+
+
 def test_replace_runs_the_new_text_and_cancel_stops_a_flow(cluster: Cluster,
                                                            tmp_path: Path) -> None:
     cluster.start_many(THREE, partitions=16)
@@ -258,15 +269,52 @@ def test_replace_runs_the_new_text_and_cancel_stops_a_flow(cluster: Cluster,
                                              cluster[node].log_path.read_text()), 10,
                  message=f"{node} drops the replaced version's data")
 
-    endless = write(tmp_path, "endless.py", "\n".join([
-        "from nodes import Flow, sources, sinks",
-        "flow = Flow('endless')",
-        "flow.source(sources.generate(None, lambda i: i)).map(str).sink(sinks.publish())", ""]))
+    endless = write(tmp_path, "endless.py", ENDLESS)
     assert submit(cluster, "n0", endless).returncode == 0
     wait_for(lambda: flow_record(cluster, "n2", "endless")["status"] == "running", 10)
+    cursors: dict[str, int] = {}
+
+    def published() -> int:
+        """Records published since the last call (every member's, through n2)."""
+        answer = cluster.request("n2", "tail", timeout=10.0,
+                                 args={"name": "endless", "cursors": cursors})
+        cursors.update(answer["cursors"])
+        return len(answer["records"])
+
+    def rows() -> dict:
+        return table(cluster, "n0", "endless")
+
+    # output grows right up to the cancel: new records published, the table changing
+    wait_for(lambda: published() > 0 and len(rows()) > 0, 10, message="endless produces")
+    last_rows, fresh = rows(), [0]
+
+    def producing() -> bool:
+        fresh[0] += published()
+        return fresh[0] > 0 and rows() != last_rows
+
+    wait_for(producing, 10, message="endless keeps publishing and changing its table")
     assert cli("cancel", "endless", "--node", cluster["n1"].address).returncode == 0
     wait_for(lambda: all(flow_record(cluster, n, "endless")["status"] == "cancelled"
                          for n in THREE), 10, message="cancelled everywhere")
+    # a step under way when the cancel arrived may still commit: once no member runs a
+    # partition of it (a member reports that after its last step's output), nothing
+    # more may come out of the flow
+    endless_id = f"endless@{flow_record(cluster, 'n2', 'endless')['run']}"
+
+    def stopped() -> bool:
+        ring = cluster.request("n2", "ring", timeout=10.0)
+        return not ring["incomplete"] and endless_id not in ring["flows"]
+
+    wait_for(stopped, 10, message="no member runs a partition of endless")
+    published()
+    stopped_rows = rows()
+    late: list[int] = []
+    deadline = time.monotonic() + 2.0
+    while time.monotonic() < deadline:
+        time.sleep(0.25)
+        late.append(published())
+        assert rows() == stopped_rows, "the table changed after the cancel"
+    assert not any(late), f"records published after the cancel: {late}"
     listed = cli("flows", "--json", "--node", cluster["n2"].address)
     assert {f["name"]: f["status"] for f in json.loads(listed.stdout)} == {
         "numbers": "completed", "endless": "cancelled"}
