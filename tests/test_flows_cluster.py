@@ -230,6 +230,55 @@ def test_publish_sink_is_tailed_through_any_daemon(cluster: Cluster, tmp_path: P
     assert sorted(r["n"] for r in local.published) == list(range(500))
 
 
+def runtime_processes(pid: int) -> list[int]:
+    """Pids of the processes whose parent is ``pid`` (a daemon's runtime process...)."""
+    children = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and int((entry / "stat").read_text()
+                                            .rsplit(")", 1)[1].split()[1]) == pid:
+                children.append(int(entry.name))
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile
+    return children
+
+
+def running(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie waiting to be reaped."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_the_publish_buffer_keeps_the_last_10_000_and_ends_with_its_daemon(
+        cluster: Cluster, tmp_path: Path) -> None:
+    """A member keeps the last 10 000 records a flow published; kill -9 of the daemon ends
+    its runtime process too (no orphan holds the store), and a restart starts empty."""
+    cluster.start_many(["n0", "n1"], partitions=1, replicas=1)
+    flow = PUBLISH.replace("generate(500,", "generate(15_000,")
+    result = submit(cluster, "n0", write(tmp_path, "squares.py", flow), "--wait")
+    assert result.returncode == 0, result.stderr
+    answer = cluster.request("n1", "tail", timeout=10.0, args={"name": "squares", "cursors": {}})
+    assert sorted(record["n"] for _, record in answer["records"]) == list(range(5_000, 15_000))
+
+    publisher = cluster.request("n0", "ring")["placement"][0][0]  # one partition: all of it
+    children = runtime_processes(cluster[publisher].pid)
+    assert children, "the daemon has its runtime process"
+    cluster.kill(publisher, signal.SIGKILL)
+    assert cluster.wait_exit(publisher) == -signal.SIGKILL
+    wait_for(lambda: not any(map(running, children)), 5,
+             message="the runtime processes of the killed daemon exit")
+
+    cluster.restart(publisher)
+    cluster.wait_up(publisher)
+    wait_for(lambda: flow_record(cluster, publisher, "squares")["status"] == "completed", 10,
+             message="the restarted member knows the flow")
+    answer = cluster.request(publisher, "tail", timeout=10.0,
+                             args={"name": "squares", "cursors": {}})
+    assert answer["records"] == [] and not answer["incomplete"]
+
+
 ENDLESS = """
 from nodes import Flow, sources, sinks
 flow = Flow("endless")

@@ -587,3 +587,17 @@ def test_a_bounded_flow_runs_to_completion_on_one_member(store, tmp_path, monkey
     assert (recorder.sent, recorder.calls, recorder.failed) == ([], [], [])
     assert [task_of(running, 0, p).records_in for p in range(P)] == [WORDS_COUNT // P] * P
     assert all(t.done and not t.pending_count for t in running.tasks.values())
+
+
+def test_housekeeping_sums_every_tasks_unacknowledged_outbox_into_the_members_pressure(
+        store, clock, tmp_path):
+    """The member-wide outbox limit rests on one figure: housekeeping adds up what every
+    task of every flow here holds unacknowledged."""
+    recorder = Recorder()
+    rt = make_runtime(store, recorder)
+    running = start(rt, "clicks", ["a"], ["a"], tmp_path)
+    tasks = list(running.tasks.values())
+    assert len(tasks) > 2
+    tasks[0].pending_bytes, tasks[2].pending_bytes = 1000, 234
+    rt._housekeeping(clock.now)
+    assert rt.pressure.outbox_bytes == 1234 and tasks[1].ctx.pressure is rt.pressure

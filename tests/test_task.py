@@ -386,3 +386,23 @@ def test_an_acknowledgement_frees_the_window_at_once_and_the_store_with_a_later_
 
     restarted = PartitionTask(ctx, the_plan.stages[0], 0)  # a crash: the store holds
     assert [seq for seq, _ in restarted.pending["1/0"]] == [WINDOW + 1, WINDOW + 2]  # the rest
+
+
+def test_a_source_stops_reading_while_its_members_outbox_is_full(store, tmp_path):
+    """The member-wide limit: whatever its own outbox holds, a source reads nothing while
+    all tasks of its member together hold MAX_MEMBER_PENDING_BYTES unacknowledged."""
+    from daemon.task import MAX_MEMBER_PENDING_BYTES
+
+    text = FLOW.replace("generate(40,", "generate(400000,")
+    the_plan = plan(load_flow(text, str(tmp_path / "wc.py")))
+    ctx = FlowContext("wc@1", the_plan, 1, store, lambda *sent: True, batch_size=10)
+    ctx.plan_splits()
+    task = PartitionTask(ctx, the_plan.stages[0], 0)
+    ctx.pressure.outbox_bytes = MAX_MEMBER_PENDING_BYTES
+    assert task.pending_bytes == 0 and task.wake_at(0.0) is None
+    task.step()
+    assert task.records_in == 0
+    ctx.pressure.outbox_bytes = MAX_MEMBER_PENDING_BYTES - 1
+    assert task.wake_at(0.0) == 0.0
+    task.step()
+    assert task.records_in > 0
