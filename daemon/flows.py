@@ -14,14 +14,13 @@ import json
 import logging
 from typing import TYPE_CHECKING, Any, Callable
 
-from .errors import (DecodeError, ForgetError, GossipflowError, RequestRefusedError,
-                     WireError)
+from .errors import DecodeError, ForgetError, GossipflowError, RequestRefusedError, WireError
 from .files import write_atomically
-from .placement import place
+from .placement import place, ranges
 from .registry import FlowRecord, Registry
 from .runtime import flow_id
-from .worker import WorkerProcess
 from .wire import MessageType, Status
+from .worker import WorkerProcess
 
 if TYPE_CHECKING:
     from .node import Node
@@ -342,15 +341,20 @@ class FlowService:
     def query(self, args: dict[str, Any], reply: Callable[[Any, str | None], None]) -> None:
         """Gather the table of flow ``name`` (or one ``key``) from every live member, the
         newest copy of each task. Complete when, for every partition, a member of its
-        replica set answered (each holds every durable commit), even if others did not."""
+        replica set answered (each holds every durable commit), even if others did not,
+        and some member that answered holds a copy of it (with R=1, a dead member's
+        partitions are placed on a live member that has nothing of them)."""
         record = self.registry.get(args["name"])
         request = {"flow": flow_id(record), "key": args.get("key")}
         live = sorted(m.name for m in self.node.membership.live_members())
         placement = place(live, self.node.config.partitions, self.node.config.replicas)
         answered: set[str] = set()
+        held: set[int] = set()  # partitions some member that answered holds commits of
 
         def merge(answers: dict[str, Any]) -> dict[str, list]:
             answered.update(answers)
+            held.update(int(task.rpartition("/")[2]) for copies in answers.values()
+                        for task, copy in copies.items() if copy[1])  # not a bare promise
             newest: dict[str, list] = {}  # task -> [epoch, last, rows] of its newest copy
             for copies in answers.values():
                 for task, copy in copies.items():
@@ -363,7 +367,13 @@ class FlowService:
             return tables
 
         def done(tables: dict[str, list], error: str | None) -> None:
-            reply(tables, error if any(answered.isdisjoint(s) for s in placement) else None)
+            if any(answered.isdisjoint(s) for s in placement):
+                reply(tables, error)
+                return
+            lost = [p for p in range(len(placement)) if p not in held]
+            reply(tables, f"no member that answered holds partitions {ranges(lost)} of flow "
+                  f"{record.name} (their copies are on members that are down, or not made "
+                  "yet): try again when they are back" if lost else None)
 
         self.gather(f"flow {record.name}", "rows", lambda member: request, self.runtime.rows,
                     merge, done)

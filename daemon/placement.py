@@ -294,3 +294,14 @@ def _repair(chosen, need, cap, load, scores, candidates) -> None:
                 chosen[q].append(m)
                 holdings[m].append(q)
                 m = replaced
+
+
+def ranges(parts: list[int]) -> str:
+    """Partitions as ranges: [1, 2, 3, 7] -> "1-3,7"."""
+    out: list[str] = []
+    for p in sorted(parts):
+        if out and out[-1].split("-")[-1] == str(p - 1):
+            out[-1] = f"{out[-1].split('-')[0]}-{p}"
+        else:
+            out.append(str(p))
+    return ",".join(out)

@@ -49,6 +49,7 @@ from typing import Any, Callable
 
 from .errors import GossipflowError
 from .ownership import Answer, choose, quorate
+from .placement import ranges
 from .store import Commit, Store, TaskId
 from .transfer import Pull, Push
 
@@ -171,7 +172,7 @@ class Takeover:
                 self._catch_up(p, sources)
         for why, parts in waits.items():
             log.info("event=takeover_wait member=%s epoch=%d partitions=%s reason=%r",
-                     self.me, self.epoch, _ranges(parts), why)
+                     self.me, self.epoch, ranges(parts), why)
 
     # ------------------------------------------------------------------ 2. catch up
 
@@ -356,13 +357,3 @@ def _seen(answer: Any) -> int:
     ok = isinstance(answer, list) and len(answer) == 2 and type(answer[1]) is int
     return answer[1] if ok else 0
 
-
-def _ranges(parts: list[int]) -> str:
-    """Sorted partitions as ranges: [1, 2, 3, 7] -> "1-3,7"."""
-    out: list[str] = []
-    for p in sorted(parts):
-        if out and out[-1].split("-")[-1] == str(p - 1):
-            out[-1] = f"{out[-1].split('-')[0]}-{p}"
-        else:
-            out.append(str(p))
-    return ",".join(out)

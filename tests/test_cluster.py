@@ -203,6 +203,11 @@ def test_secret_cluster(cluster: Cluster, tmp_path) -> None:
     result = cli("members", "--node", node, "--json", "--secret-file", str(secret_file))
     assert result.returncode == 0, result.stderr
     assert sorted(m["name"] for m in json.loads(result.stdout)) == three
+    result = cli("members", "--node", node, "--json", GOSSIPFLOW_SECRET_FILE=str(secret_file))
+    assert result.returncode == 0, result.stderr  # the secret from the environment
+    assert sorted(m["name"] for m in json.loads(result.stdout)) == three
+    for name in three:  # started with a secret: no warning
+        assert "event=insecure" not in cluster[name].log_path.read_text()
 
     # A daemon with another secret never gets in, and the seed counts its attempts.
     seed_drops = cluster.stats("s0").get("dropped_AuthError", 0)

@@ -61,6 +61,27 @@ def test_stdlib_wordcount_on_three_daemons_is_exact(cluster: Cluster, tmp_path: 
     assert stages["0 source"]["records_in"] == lines
     assert stages["1 count"]["records_in"] == stages["0 source"]["records_out"]
     assert stages["1 count"]["records_out"] >= len(expected)
+
+    # the same figures as the CLI prints them, and the member table, the daemon's status
+    node = cluster["n2"].address
+    shown = cli("status", "wordcount", "--node", node)
+    assert shown.returncode == 0, shown.stderr
+    text = shown.stdout.splitlines()
+    assert "status: completed" in text and "tasks done: 512 of 512" in text
+    rows = {" ".join(line.split()[:2]): line.split()[2:] for line in text
+            if re.match(r"\d+ \w+ ", line)}
+    assert rows == {stage: [str(f["records_in"]), str(f["records_out"]), "256/256", "0"]
+                    for stage, f in stages.items()}
+    members = cli("members", "--node", node)
+    assert members.returncode == 0, members.stderr
+    assert members.stdout.split()[:4] == ["NAME", "ADDRESS", "STATUS", "INCARNATION"]
+    table_rows = sorted(line.split()[:3] for line in members.stdout.splitlines()[1:])
+    assert table_rows == [[n, cluster[n].address, "alive"] for n in THREE]
+    daemon_status = cli("status", "--node", node)
+    assert daemon_status.returncode == 0, daemon_status.stderr
+    assert daemon_status.stdout.splitlines()[:2] == ["name: n2", f"address: {node}"]
+    for name in THREE:  # started without --secret-file: each says so once
+        assert cluster[name].log_path.read_text().count("event=insecure") == 1
     # (that a busy daemon is not suspected is tests/test_load.py's, on a heavier flow and
     # with the daemons' own load alone: here the rest of the suite's load may intrude)
 
@@ -228,6 +249,38 @@ def test_publish_sink_is_tailed_through_any_daemon(cluster: Cluster, tmp_path: P
                                                      for i in range(500)]
     local = run(load_flow(PUBLISH, str(tmp_path / "squares.py")))
     assert sorted(r["n"] for r in local.published) == list(range(500))
+
+
+SMALL_COUNT = """
+from nodes import Flow, sources, sinks
+flow = Flow("small")
+(flow.source(sources.generate(3000, lambda i: "w%d" % (i % 60)))
+     .key_by(lambda w: w).count().sink(sinks.table()))
+"""
+
+
+def test_a_query_says_it_is_incomplete_while_a_partitions_only_copy_is_down(
+        cluster: Cluster, tmp_path: Path) -> None:
+    """With R=1 a dead member's partitions are placed on live members that hold nothing of
+    them: the query says which partitions it lacks instead of answering part of the
+    table; with the member back, the whole table again."""
+    cluster.start_many(THREE, partitions=8, replicas=1)
+    result = submit(cluster, "n0", write(tmp_path, "small.py", SMALL_COUNT), "--wait")
+    assert result.returncode == 0, result.stderr
+    expected = Counter(f"w{i % 60}" for i in range(3000))
+    assert table(cluster, "n1", "small") == expected
+    placement = cluster.request("n0", "ring")["placement"]
+    gone = sorted(p for p, members in enumerate(placement) if members == ["n2"])
+    assert gone, placement
+    cluster.kill("n2", signal.SIGKILL)
+    assert cluster.wait_exit("n2") == -signal.SIGKILL
+    wait_for(lambda: cluster.statuses("n0").get("n2") == "dead", 10)
+    answer = cli("query", "small", "--node", cluster["n0"].address)
+    assert answer.returncode != 0 and answer.stdout == ""
+    assert "no member that answered holds partitions" in answer.stderr, answer.stderr
+    cluster.restart("n2")
+    wait_for(lambda: table(cluster, "n0", "small") == expected, 30,
+             message="the whole table once n2 is back")
 
 
 def runtime_processes(pid: int) -> list[int]:

@@ -25,7 +25,8 @@ from typing import Any, Callable
 
 import pytest
 
-from daemon import runtime, task as task_module
+from daemon import runtime
+from daemon import task as task_module
 from daemon.registry import Registry
 from daemon.replication import ReplicaServer
 from daemon.runtime import Hooks, RunningFlow, Runtime, flow_id

@@ -18,9 +18,9 @@ from daemon.task import (
     PartitionTask,
     decode_batch,
     decode_entry,
-    unpack,
     pack,
     table_key,
+    unpack,
 )
 from nodes import FlowError, load_flow
 from nodes.eventtime import IDLE
