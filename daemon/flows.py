@@ -342,7 +342,7 @@ class FlowService:
         """Gather the table of flow ``name`` (or one ``key``) from every live member, the
         newest copy of each task. Complete when, for every partition, a member of its
         replica set answered (each holds every durable commit), even if others did not,
-        and some member that answered holds a copy of it (with R=1, a dead member's
+        and some member that answered holds commits of it (with R=1, a dead member's
         partitions are placed on a live member that has nothing of them)."""
         record = self.registry.get(args["name"])
         request = {"flow": flow_id(record), "key": args.get("key")}
