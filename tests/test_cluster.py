@@ -11,6 +11,7 @@ import os
 import random
 import signal
 import socket
+import threading
 import time
 
 import msgpack
@@ -20,6 +21,7 @@ from daemons import Cluster, cli, free_port, wait_for, zmq_requests
 
 from daemon.cli import load_secret
 from daemon.config import PROTOCOL_VERSION, Config
+from daemon.errors import ClientError
 from daemon.wire import Codec, MessageType
 
 pytestmark = pytest.mark.timeout(60)
@@ -32,6 +34,31 @@ DETECTION_LIMIT = 1.5
 def statuses_of(cluster: Cluster, target: str, observers: list[str]) -> dict[str, str | None]:
     """{observer: status of ``target`` in its view}."""
     return {o: cluster.statuses(o, timeout=0.5).get(target) for o in observers}
+
+
+def seen_dead(cluster: Cluster, target: str, observers: list[str], since: float,
+              limit: float = 10.0) -> dict[str, float]:
+    """Seconds from ``since`` until each observer's answer first shows ``target`` dead.
+    Each observer is polled on a thread of its own, so polling one does not delay
+    seeing another."""
+    seen: dict[str, float] = {}
+
+    def watch(observer: str) -> None:
+        while time.monotonic() - since < limit:
+            try:
+                if cluster.statuses(observer, timeout=0.5).get(target) == "dead":
+                    seen[observer] = time.monotonic() - since
+                    return
+            except ClientError:
+                pass
+            time.sleep(0.01)
+
+    threads = [threading.Thread(target=watch, args=(o,), daemon=True) for o in observers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(limit + 1.0)
+    return seen
 
 
 # ---------------------------------------------------------------- membership
@@ -55,16 +82,10 @@ def test_sigkill_is_detected_then_restart_comes_back_alive(cluster: Cluster) -> 
     before = cluster.request(victim, "status")["incarnation"]
     assert {cluster.incarnations(o)[victim] for o in others} == {before}
 
-    first_dead: dict[str, float] = {}
     t0 = time.monotonic()
     cluster.kill(victim, signal.SIGKILL)
-    deadline = t0 + 10.0
-    while len(first_dead) < len(others) and time.monotonic() < deadline:
-        for observer, status in statuses_of(cluster, victim, others).items():
-            if status == "dead":
-                first_dead.setdefault(observer, time.monotonic() - t0)
-        time.sleep(0.02)
-    elapsed = time.monotonic() - t0
+    first_dead = seen_dead(cluster, victim, others, t0)
+    elapsed = max(first_dead.values(), default=float("inf"))
     print(f"\nSIGKILL {victim}: all of {others} show it dead after {elapsed:.3f} s; "
           f"each: {{{', '.join(f'{o}: {t:.3f}' for o, t in sorted(first_dead.items()))}}}; "
           f"preset local bound {Config.preset('local').detection_bound(5):.3f} s")
@@ -305,7 +326,8 @@ def test_unparseable_member_address_is_refused_and_probing_goes_on(cluster: Clus
     cluster.start_many(three)
     dropped = cluster.stats("n0").get("dropped_DecodeError", 0)
     _send_udp(cluster["n0"].port, _gossip(
-        {"k": 0, "n": "ghost", "i": 0, "a": "not-an-address", "m": {"v": PROTOCOL_VERSION, "p": 256, "r": 2}}))
+        {"k": 0, "n": "ghost", "i": 0, "a": "not-an-address",
+         "m": {"v": PROTOCOL_VERSION, "p": 256, "r": 2}}))
     wait_for(lambda: cluster.stats("n0").get("dropped_DecodeError", 0) == dropped + 1, 2.0,
              message="the forged update is counted as a decode error")
     before = {n: cluster.stats(n).get("probes", 0) for n in three}
