@@ -340,6 +340,30 @@ def test_a_cut_3_2_runs_only_what_the_majority_may_and_heals_to_one_owner_each(
     assert sim.checks > 100
 
 
+def test_a_cut_2_2_with_two_replicas_stops_both_halves_and_heals(make_sim: Any) -> None:
+    """Four voters cut in two halves: neither sees a majority of the flow's voters, so
+    neither runs anything (no partition gets two histories, none gets a new one); after
+    the heal every partition has one owner again."""
+    sim = make_sim(["a", "b", "c", "d"], 16, seed=3)
+    sim.true_views()
+    assert sim.settle() < 2.0
+    before = {p: sim.epoch(p) for p in range(16)}
+    since = len(sim.activations)
+
+    sim.net.partition(["a", "b"], ["c", "d"])
+    sim.true_views()
+    sim.run(5.0)
+    assert all(sim.owners(p) == [] for p in range(16))  # both halves stepped down
+    assert sim.activations[since:] == []  # and took nothing over
+    assert all(sim.members[m].owner.states() == {} for m in "abcd")
+
+    sim.net.heal()
+    sim.true_views()
+    assert sim.settle() < 10.0
+    assert all(len(sim.owners(p)) == 1 and sim.epoch(p) > before[p] for p in range(16))
+    assert sim.checks > 50
+
+
 # ---------------------------------------------------------------- random faults
 
 
