@@ -602,3 +602,20 @@ def test_housekeeping_sums_every_tasks_unacknowledged_outbox_into_the_members_pr
     tasks[0].pending_bytes, tasks[2].pending_bytes = 1000, 234
     rt._housekeeping(clock.now)
     assert rt.pressure.outbox_bytes == 1234 and tasks[1].ctx.pressure is rt.pressure
+
+
+def test_a_member_not_yet_joined_takes_nothing_over(store, clock, tmp_path):
+    """A restarted member knows its flows from its store and registry before it has
+    joined; until the event loop sends its first view it runs nothing and asks no one."""
+    recorder = Recorder()
+    rt = make_runtime(store, recorder)
+    text, path = FLOWS["clicks"], str(tmp_path / "clicks.py")
+    record, _ = Registry("a").submit("clicks", text, path, str(tmp_path), ["a"],
+                                     splits=source_splits(text, path, P)["splits"])
+    rt.post("flow", record)
+    settle(rt)
+    iterate(rt, 3)
+    assert rt._records["clicks"] == record  # it knows the flow ...
+    running = rt.flows.get(flow_id(record))
+    assert running is None or running.tasks == {}  # ... and runs none of it
+    assert recorder.calls == [] and recorder.sent == [] and not rt.has_view
