@@ -173,17 +173,15 @@ class ReplicaLog:
             self.sent[member] = out[-1][0]
         return out
 
-    def on_reply(self, member: str, last: int, carried: int | None = None) -> None:
-        """``member`` holds commits up to ``last``, answering a message whose highest
-        commit was ``carried`` (None: all we sent): a lower number than that is a gap (lost
-        or refused), so what follows it goes again; commits sent after that message are
-        on their way."""
+    def on_reply(self, member: str, last: int) -> None:
+        """``member`` holds commits up to ``last``: a lower number than sent is a gap
+        (lost or refused), so what follows it goes again."""
         if member not in self.acked or member in self.copying:
             return
         self.acked[member] = max(self.acked[member], min(last, self.last))
         if member in self.replicas:
             self._held_by_all = min(self.acked[m] for m in self.replicas)
-        if last < (self.sent[member] if carried is None else min(carried, self.sent[member])):
+        if last < self.sent[member]:
             self.sent[member] = max(last, self.acked[member])
         self.sent[member] = max(self.sent[member], self.acked[member])
         self._prune()

@@ -566,7 +566,7 @@ class Runtime:
                     answer: Any) -> None:
         self._replicating.discard(member)
         answers = answer if isinstance(answer, list) and len(answer) == len(items) else []
-        for i, (task, number, _) in enumerate(items):
+        for i, (task, _, _) in enumerate(items):
             if not self._current(task):
                 continue
             got = answers[i] if answers else None
@@ -580,7 +580,7 @@ class Runtime:
             elif task.log.lost(member, got[0]):
                 self.flows[task.id.flow].owner.lost_copy(task, member, got[0])
             else:
-                task.on_replicated(member, got[0], number)
+                task.on_replicated(member, got[0])
                 self._ready[task.id] = task
                 if task.log.wants(member):
                     self._to_replicate.add(task)

@@ -577,9 +577,9 @@ class PartitionTask:
         self._write_segments()
         self.pump()
 
-    def on_replicated(self, member: str, last: int, carried: int | None = None) -> None:
-        """Replica ``member`` holds our commits up to ``last`` (see ReplicaLog.on_reply)."""
-        self.log.on_reply(member, last, carried)
+    def on_replicated(self, member: str, last: int) -> None:
+        """Replica ``member`` holds our commits up to ``last``."""
+        self.log.on_reply(member, last)
         self.release()
 
     def _commit(self, commit: Commit) -> None:
